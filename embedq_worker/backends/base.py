@@ -65,6 +65,7 @@ class Backend(Protocol):
     """A compute backend. One instance serves one or more models."""
 
     name: str
+    concurrency: int  # batches it can usefully compute at once (e.g. one per Ollama instance)
 
     async def start(self, models: list[str]) -> BackendInfo:
         """Open connections and check that every model exists (raise ModelNotFound if not)."""
