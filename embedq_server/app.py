@@ -1,0 +1,91 @@
+"""create_app(settings, database_url): routes, middlewares and resources in cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from . import openai_api, tasks_api, worker_api
+from .auth import TokenSet
+from .database import create_pool
+from .errors import error_middleware
+from .keys import CLIENT_TOKENS, DATABASE_URL, LISTENER, POOL, QUEUE, SETTINGS, WORKER_TOKENS
+from .listener import Listener
+from .queue import Queue
+from .settings import LISTENER_PING, Settings
+
+log = logging.getLogger("embedq.app")
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = await create_pool(
+        app[DATABASE_URL], min_size=settings.pool_min, max_size=settings.pool_max
+    )
+    listener = Listener(app[DATABASE_URL], ping_interval=LISTENER_PING)
+    await listener.start()
+    app[POOL] = pool
+    app[LISTENER] = listener
+    app[QUEUE] = Queue(pool, listener, settings)
+    try:
+        yield
+    finally:
+        await listener.stop()
+        await pool.close()
+
+
+async def _maintenance_loop(app: web.Application) -> None:
+    queue, interval = app[QUEUE], app[SETTINGS].maintenance_interval
+    while True:
+        try:
+            await queue.maintain()
+        except Exception as exc:  # the database may be restarting: try again next round
+            log.warning("maintenance failed error=%r", exc)
+        await asyncio.sleep(interval)
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_maintenance_loop(app), name="maintenance")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def health(request: web.Request) -> web.Response:
+    """Token-free and cheap: is the database answering? Reveals nothing private."""
+    ok = True
+    try:
+        await request.app[POOL].fetchval("SELECT 1", timeout=2)
+    except Exception:
+        ok = False
+    listening = request.app[LISTENER].connected
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "database": "up" if ok else "down",
+        "listener": "up" if listening else "down",
+    }
+    return web.json_response(body, status=200 if ok else 503)
+
+
+def create_app(settings: Settings, database_url: str) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[DATABASE_URL] = database_url
+    app[CLIENT_TOKENS] = TokenSet(settings.auth_tokens, open_access=settings.loopback)
+    app[WORKER_TOKENS] = TokenSet(settings.worker_tokens, open_access=settings.loopback)
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_background)
+    app.router.add_get("/health", health)
+    openai_api.setup(app)
+    tasks_api.setup(app)
+    worker_api.setup(app)
+    return app

@@ -1,0 +1,104 @@
+"""embedq-server [serve|migrate]: run the queue server, or only apply migrations."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+
+from aiohttp import web
+
+from . import __version__
+from .app import create_app
+from .database import apply_migrations, embedded_postgres
+from .logs import setup_logging
+from .settings import Settings
+
+log = logging.getLogger("embedq.server")
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """The configured database, or an embedded one for the life of the block."""
+    if settings.database_url is not None:
+        yield settings.database_url
+    else:
+        with embedded_postgres(settings.data_dir) as url:
+            yield url
+
+
+async def serve(settings: Settings, url: str) -> None:
+    app = create_app(settings, url)
+    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info(
+        "embedq-server %s listening on http://%s:%d database=%s model=%s tokens=%s",
+        __version__,
+        settings.host,
+        settings.port,
+        "embedded" if settings.embedded else "DATABASE_URL",
+        settings.default_model,
+        "configured" if settings.auth_tokens else "none (loopback only: open access)",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down grace=%.0fs", settings.shutdown_grace)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        log.info("stopped")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embedq-server",
+        description="OpenAI-compatible embeddings queue server. Every option has an "
+        "environment variable twin.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "migrate"],
+        help="serve (default): run the server; migrate: apply migrations and exit",
+    )
+    Settings.add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_args(args)
+    except ValueError as exc:
+        print(f"embedq-server: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_format, settings.log_level)
+    if args.command == "serve":
+        try:
+            settings.check_safe_to_listen()
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+    with database_url(settings) as url:
+        apply_migrations(url)
+        if args.command == "migrate":
+            return 0
+        asyncio.run(serve(settings, url))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The one LISTEN connection of a server process, fanning notifications out to waiters.
+
+Requests waiting for their task and workers waiting for work both wait here, so a process
+holds one listening connection however many requests wait. The connection is pinged and
+re-opened with backoff; after a reconnect every waiter is woken to re-check, since
+notifications sent while it was down are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger("embedq.listener")
+
+DONE_CHANNEL = "embedq_done"  # payload: comma-separated task ids that finished or failed
+WORK_CHANNEL = "embedq_work"  # payload: the model that has new pending work
+PING_TIMEOUT = 3.0  # seconds
+BACKOFF_MAX = 10.0  # seconds between reconnect attempts, at most
+
+
+class Listener:
+    def __init__(self, url: str, *, ping_interval: float = 5.0) -> None:
+        self._url = url
+        self._ping_interval = ping_interval
+        self._conn: asyncpg.Connection | None = None
+        self._task_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._work = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self, *, wait: float = 10.0) -> None:
+        self._runner = asyncio.create_task(self._run(), name="listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), wait)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        await self._close()
+        self._wake_everyone()
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def watch_task(self, task_id: str) -> Iterator[asyncio.Future[None]]:
+        """Register interest in a task *before* reading its state; the future resolves when
+        a notification names it (or the listener reconnects). Always use as a context."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task_waiters[task_id].add(fut)
+        try:
+            yield fut
+        finally:
+            waiters = self._task_waiters.get(task_id)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._task_waiters[task_id]
+
+    def work_signal(self) -> asyncio.Event:
+        """An event set by the next "new work" notification. Take it *before* claiming, so
+        work announced between an empty claim and the wait is not missed."""
+        return self._work
+
+    def waiting(self) -> int:
+        return sum(len(w) for w in self._task_waiters.values())
+
+    # -- the connection --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                await self._connect()
+                backoff = 0.1
+                while True:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._lost.wait(), self._ping_interval)
+                    if self._lost.is_set():
+                        raise ConnectionError("the LISTEN connection was terminated")
+                    assert self._conn is not None
+                    await self._conn.fetchval("SELECT 1", timeout=PING_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure means: reconnect
+                if self._connected.is_set():
+                    log.warning("listener lost its connection error=%r; reconnecting", exc)
+                else:
+                    log.warning("listener cannot connect error=%r; retry in %.1fs", exc, backoff)
+                self._connected.clear()
+                await self._close()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _connect(self) -> None:
+        conn = await asyncpg.connect(self._url, timeout=10)
+        await conn.add_listener(DONE_CHANNEL, self._on_done)
+        await conn.add_listener(WORK_CHANNEL, self._on_work)
+        conn.add_termination_listener(self._on_terminated)
+        self._lost.clear()
+        self._conn = conn
+        self._connected.set()
+        log.info("listener connected channels=%s,%s", DONE_CHANNEL, WORK_CHANNEL)
+        # Anything sent while we were not listening is lost: everyone re-checks.
+        self._wake_everyone()
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
+            if not conn.is_closed():
+                conn.terminate()
+
+    def _on_terminated(self, conn: Any) -> None:
+        if self._conn is conn:
+            self._lost.set()  # the ping loop reconnects at once, not at its next ping
+
+    def _on_done(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        for task_id in payload.split(","):
+            for fut in self._task_waiters.get(task_id, ()):
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _on_work(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self._bump_work()
+
+    def _bump_work(self) -> None:
+        self._work.set()
+        self._work = asyncio.Event()
+
+    def _wake_everyone(self) -> None:
+        for waiters in self._task_waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        self._bump_work()

@@ -1,0 +1,262 @@
+"""POST /v1/embeddings and GET /v1/models: OpenAI's contract, parsed and validated here,
+then handed to the queue. Every client mistake becomes a 400 naming the field."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from . import tokens
+from .auth import owner_of, require
+from .errors import ApiError
+from .keys import CLIENT_TOKENS, QUEUE, SETTINGS
+from .queue import Task
+from .settings import Settings
+from .vectors import to_floats
+
+RETRY_AFTER_PENDING = 1  # seconds an SDK should wait before retrying a pending request
+RETRY_AFTER_BUSY = 5  # seconds to wait when the queue is full
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    inputs: list[str]
+    model: str
+    encoding_format: str
+    dimensions: int
+    wait_seconds: float
+    explicit_wait: bool
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _token_input(ids: list[Any], position: str) -> str:
+    if not ids:
+        raise ApiError(400, f"input{position} is an empty token array", param="input")
+    if not all(_is_int(t) for t in ids):
+        raise ApiError(
+            400, f"input{position} mixes token ids with other types", param="input"
+        )
+    try:
+        return tokens.decode(ids)
+    except tokens.UnknownToken as exc:
+        raise ApiError(400, f"input{position}: {exc}", param="input") from None
+
+
+def parse_inputs(raw: Any, settings: Settings) -> list[str]:
+    """A string, strings, token ids, or arrays of token ids -> the texts to embed."""
+    if isinstance(raw, str):
+        items: list[str] = [raw]
+    elif isinstance(raw, list):
+        if not raw:
+            raise ApiError(400, "input must not be an empty array", param="input")
+        if len(raw) > settings.max_inputs:
+            raise ApiError(
+                400,
+                f"input has {len(raw)} items; at most {settings.max_inputs} are allowed",
+                param="input",
+                code="too_many_inputs",
+            )
+        if all(isinstance(x, str) for x in raw):
+            items = list(raw)
+        elif all(_is_int(x) for x in raw):
+            items = [_token_input(raw, "")]
+        elif all(isinstance(x, list) for x in raw):
+            items = [_token_input(ids, f"[{i}]") for i, ids in enumerate(raw)]
+        else:
+            raise ApiError(
+                400,
+                "input must be a string, an array of strings, an array of token ids, "
+                "or an array of token-id arrays",
+                param="input",
+            )
+    elif raw is None:
+        raise ApiError(400, "input is required", param="input")
+    else:
+        raise ApiError(
+            400,
+            f"input must be a string or an array, not {type(raw).__name__}",
+            param="input",
+        )
+    total = 0
+    for i, text in enumerate(items):
+        if text == "":
+            raise ApiError(400, f"input[{i}] is an empty string", param="input")
+        if len(text) > settings.max_input_chars:
+            raise ApiError(
+                400,
+                f"input[{i}] has {len(text)} characters; at most {settings.max_input_chars} "
+                "are allowed per input",
+                param="input",
+                code="input_too_long",
+            )
+        total += len(text)
+    if total > settings.max_total_chars:
+        raise ApiError(
+            400,
+            f"the request has {total} characters in all; at most {settings.max_total_chars} "
+            "are allowed",
+            param="input",
+            code="request_too_long",
+        )
+    return items
+
+
+def parse_request(body: Any, settings: Settings) -> EmbeddingRequest:
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", param=None)
+    inputs = parse_inputs(body.get("input"), settings)
+    model = body.get("model", settings.default_model)
+    if model is None:
+        model = settings.default_model
+    if not isinstance(model, str) or not model.strip():
+        raise ApiError(400, "model must be a non-empty string", param="model")
+    fmt = body.get("encoding_format", "float")
+    if fmt is None:
+        fmt = "float"
+    if fmt not in ("float", "base64"):
+        raise ApiError(
+            400, "encoding_format must be 'float' or 'base64'", param="encoding_format"
+        )
+    dims = body.get("dimensions")
+    if dims is not None and (not _is_int(dims) or dims < 1):
+        raise ApiError(400, "dimensions must be an integer >= 1", param="dimensions")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise ApiError(400, "user must be a string", param="user")
+    explicit = "wait_seconds" in body
+    wait = body.get("wait_seconds", settings.default_wait)
+    if explicit and (not _is_int(wait) or wait < 0 or wait > settings.max_wait):
+        raise ApiError(
+            400,
+            f"wait_seconds must be an integer from 0 to {settings.max_wait:g}",
+            param="wait_seconds",
+        )
+    return EmbeddingRequest(
+        inputs=inputs,
+        model=model.strip(),
+        encoding_format=fmt,
+        dimensions=dims or 0,
+        wait_seconds=float(wait),
+        explicit_wait=explicit,
+    )
+
+
+async def read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "the request body is not valid UTF-8", param=None) from None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise ApiError(400, "the request body is not valid JSON", param=None) from None
+
+
+def embeddings_body(task: Task, rows: list[Any], encoding_format: str) -> dict[str, Any]:
+    """The OpenAI response for a finished task."""
+    data = []
+    total_tokens = 0
+    for row in rows:
+        if encoding_format == "base64":
+            embedding: Any = base64.b64encode(row.vector).decode("ascii")
+        else:
+            embedding = to_floats(row.vector)
+        data.append({"object": "embedding", "index": row.index, "embedding": embedding})
+        total_tokens += row.tokens
+    return {
+        "object": "list",
+        "data": data,
+        "model": task.model,
+        "usage": {"prompt_tokens": total_tokens, "total_tokens": total_tokens},
+    }
+
+
+def failure_error(task: Task) -> ApiError:
+    """How a failed task is answered: the caller's mistake as 4xx, the rest as 5xx."""
+    reason = task.error or "the task failed"
+    message = f"embedding task {task.id} failed: {reason}"
+    if task.error_code == "input_rejected":
+        return ApiError(400, message, param="input", code="input_rejected")
+    if task.error_code == "model_not_found":
+        return ApiError(404, message, param="model", code="model_not_found")
+    return ApiError(502, message, code=task.error_code or "task_failed")
+
+
+async def answer(request: web.Request, task: Task, encoding_format: str) -> web.Response:
+    if task.status == "failed":
+        raise failure_error(task)
+    rows = await request.app[QUEUE].results(task.id)
+    return web.json_response(
+        embeddings_body(task, rows, encoding_format), headers={"X-Embedq-Task": task.id}
+    )
+
+
+async def create_embeddings(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    token = require(request, request.app[CLIENT_TOKENS], "client")
+    req = parse_request(await read_json(request), settings)
+    queue = request.app[QUEUE]
+    if await queue.pending_inputs() + len(req.inputs) > settings.max_pending:
+        raise ApiError(
+            429,
+            "the queue is full; retry later",
+            code="queue_full",
+            headers={"Retry-After": str(RETRY_AFTER_BUSY)},
+        )
+    started = time.monotonic()
+    task_id, _attached = await queue.submit(
+        owner_of(token), req.model, req.dimensions, req.inputs
+    )
+    task = await queue.wait(task_id, req.wait_seconds)
+    if task is None:  # pruned between submit and read: only with a tiny RESULT_TTL
+        raise ApiError(503, f"task {task_id} vanished; retry", code="task_vanished")
+    if task.done:
+        return await answer(request, task, req.encoding_format)
+    if req.explicit_wait:
+        return web.json_response(
+            {"id": task_id, "object": "embedding.task", "status": task.status},
+            status=202,
+            headers={"Location": f"/tasks/{task_id}", "X-Embedq-Task": task_id},
+        )
+    # An unmodified OpenAI SDK: a retryable answer that its retry attaches to the same task
+    # (identical requests by the same client share one task), never a body without data.
+    waited = time.monotonic() - started
+    raise ApiError(
+        503,
+        f"embedding task {task_id} is still {task.status} after {waited:.0f}s; "
+        f"retry the same request to keep waiting for it, or poll GET /tasks/{task_id}",
+        code="task_pending",
+        headers={
+            "Retry-After": str(RETRY_AFTER_PENDING),
+            "X-Should-Retry": "true",
+            "X-Embedq-Task": task_id,
+        },
+    )
+
+
+async def list_models(request: web.Request) -> web.Response:
+    require(request, request.app[CLIENT_TOKENS], "client")
+    queue = request.app[QUEUE]
+    models = await queue.live_models()
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "embedq"} for m in models
+            ],
+        }
+    )
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/embeddings", create_embeddings)
+    app.router.add_get("/v1/models", list_models)

@@ -1,0 +1,226 @@
+-- submit_task --
+-- Insert a task and all its inputs in one statement, and wake the claimers of its model.
+WITH task AS (
+    INSERT INTO embedq_task (id, owner, fingerprint, model, dimensions, n_inputs, remaining)
+    VALUES ($1, $2, $3, $4, $5, cardinality($6::text[]), cardinality($6::text[]))
+    RETURNING id
+), items AS (
+    INSERT INTO embedq_item (task_id, idx, model, dimensions, input)
+    SELECT $1, u.ord - 1, $4, $5, u.input
+    FROM unnest($6::text[]) WITH ORDINALITY AS u(input, ord)
+)
+SELECT pg_notify('embedq_work', $4) FROM task;
+
+-- find_attachable_task --
+-- An identical request by the same client that has not failed: a retry attaches to it.
+SELECT id FROM embedq_task
+WHERE owner = $1 AND fingerprint = $2 AND failed = 0
+ORDER BY created_at DESC
+LIMIT 1;
+
+-- get_task --
+-- One task's summary.
+SELECT id, owner, model, dimensions, n_inputs, remaining, failed, error, error_code,
+       created_at, finished_at
+FROM embedq_task
+WHERE id = $1;
+
+-- task_item_states --
+-- How a task's inputs are spread over the states, for GET /tasks/{id}.
+SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
+       count(*) FILTER (WHERE state = 'processing') AS processing,
+       count(*) FILTER (WHERE state = 'completed') AS completed,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       min(claimed_at) AS started_at
+FROM embedq_item
+WHERE task_id = $1;
+
+-- task_results --
+-- The vectors and token counts of a task, in input order.
+SELECT idx, vector, tokens, model_revision
+FROM embedq_item
+WHERE task_id = $1
+ORDER BY idx;
+
+-- pending_count --
+-- Inputs waiting for a worker, for backpressure.
+SELECT count(*) FROM embedq_item WHERE state = 'pending';
+
+-- claim_items --
+-- Lease up to $2 pending inputs of one (model, dimensions) among the worker's models, oldest
+-- first. The selection is fenced (MATERIALIZED) so the planner cannot re-run it and update
+-- more rows than the limit; SKIP LOCKED lets concurrent claimers pass each other.
+WITH head AS MATERIALIZED (
+    SELECT id, model, dimensions
+    FROM embedq_item
+    WHERE state = 'pending' AND model = ANY ($1::text[])
+    ORDER BY id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), picked AS MATERIALIZED (
+    SELECT i.id
+    FROM embedq_item i
+    JOIN head h ON i.model = h.model AND i.dimensions = h.dimensions
+    WHERE i.state = 'pending'
+    ORDER BY i.id
+    LIMIT $2
+    FOR UPDATE OF i SKIP LOCKED
+)
+UPDATE embedq_item i
+SET state = 'processing',
+    lease_token = $3,
+    lease_expires = now() + make_interval(secs => $4),
+    attempts = i.attempts + 1,
+    worker = $5,
+    claimed_at = now()
+FROM picked
+WHERE i.id = picked.id
+RETURNING i.id, i.task_id, i.input, i.model, i.dimensions, i.attempts;
+
+-- extend_lease --
+-- A heartbeat: push back the expiry of every input still held under this lease.
+UPDATE embedq_item
+SET lease_expires = now() + make_interval(secs => $2)
+WHERE lease_token = $1 AND state = 'processing'
+RETURNING id;
+
+-- complete_items --
+-- Store results, fenced by the lease inside the UPDATE: inputs whose lease was lost are
+-- left alone. Settles the tasks (one NOTIFY per batch) and returns the ids it completed.
+WITH results AS (
+    SELECT * FROM unnest($2::bigint[], $3::bytea[], $4::integer[]) AS r(id, vector, tokens)
+), done AS (
+    UPDATE embedq_item i
+    SET state = 'completed',
+        vector = r.vector,
+        tokens = r.tokens,
+        model_revision = $5,
+        error = NULL,
+        lease_token = NULL,
+        lease_expires = NULL,
+        completed_at = now()
+    FROM results r
+    WHERE i.id = r.id AND i.state = 'processing' AND i.lease_token = $1
+    RETURNING i.id, i.task_id
+)
+SELECT coalesce(array_agg(id), '{}') AS ids,
+       embedq_settle(array_agg(task_id), array_agg(false), array_agg(NULL::text), array_agg(NULL::text)) AS woken
+FROM done;
+
+-- fail_items --
+-- A worker reports inputs it could not compute. Retryable ones go back to pending while
+-- attempts remain ($5 is the attempt limit); the rest end failed with the reason.
+WITH reports AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::boolean[], $6::text[])
+        AS f(id, error, retry, code)
+), changed AS (
+    UPDATE embedq_item i
+    SET state = CASE WHEN f.retry AND i.attempts < $5 THEN 'pending' ELSE 'failed' END,
+        error = CASE WHEN f.retry AND i.attempts >= $5
+                     THEN format('gave up after %s attempts: %s', i.attempts, f.error)
+                     ELSE f.error END,
+        error_code = CASE WHEN f.retry AND i.attempts >= $5 THEN 'attempts_exhausted'
+                          ELSE f.code END,
+        lease_token = NULL,
+        lease_expires = NULL,
+        completed_at = CASE WHEN f.retry AND i.attempts < $5 THEN NULL ELSE now() END
+    FROM reports f
+    WHERE i.id = f.id AND i.state = 'processing' AND i.lease_token = $1
+    RETURNING i.id, i.task_id, i.state, i.error, i.error_code, i.model
+), settled AS (
+    SELECT embedq_settle(array_agg(task_id), array_agg(true), array_agg(error),
+                         array_agg(error_code)) AS woken
+    FROM changed WHERE state = 'failed'
+), requeued AS (
+    SELECT pg_notify('embedq_work', model)
+    FROM (SELECT DISTINCT model FROM changed WHERE state = 'pending') m
+)
+SELECT coalesce(array_agg(id), '{}') AS ids,
+       (SELECT woken FROM settled) AS woken,
+       (SELECT count(*) FROM requeued) AS requeued_models
+FROM changed;
+
+-- release_items --
+-- Hand back inputs a stopping worker claimed but never started: pending again, and the
+-- attempt does not count against them.
+WITH released AS (
+    UPDATE embedq_item
+    SET state = 'pending', lease_token = NULL, lease_expires = NULL, worker = NULL,
+        attempts = greatest(attempts - 1, 0)
+    WHERE id = ANY ($2::bigint[]) AND state = 'processing' AND lease_token = $1
+    RETURNING id, model
+), woken AS (
+    SELECT pg_notify('embedq_work', model) FROM (SELECT DISTINCT model FROM released) m
+)
+SELECT coalesce(array_agg(id), '{}') AS ids, (SELECT count(*) FROM woken) AS models
+FROM released;
+
+-- expire_leases --
+-- Inputs whose lease ran out (the worker died or lost touch): back to pending, or failed
+-- once they have used their attempts. Bounded ($1 rows) and fenced on the expiry itself, so
+-- a completion that commits in between wins.
+WITH expired AS MATERIALIZED (
+    SELECT id FROM embedq_item
+    WHERE state = 'processing' AND lease_expires < now()
+    ORDER BY id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), changed AS (
+    UPDATE embedq_item i
+    SET state = CASE WHEN i.attempts >= $2 THEN 'failed' ELSE 'pending' END,
+        error = CASE WHEN i.attempts >= $2
+                     THEN format('gave up after %s attempts: the lease of worker %s expired '
+                                 'before it posted a result (it died, hung or lost touch)',
+                                 i.attempts, coalesce(i.worker, '?'))
+                     ELSE i.error END,
+        error_code = CASE WHEN i.attempts >= $2 THEN 'attempts_exhausted' END,
+        completed_at = CASE WHEN i.attempts >= $2 THEN now() END,
+        lease_token = NULL,
+        lease_expires = NULL
+    FROM expired e
+    WHERE i.id = e.id AND i.state = 'processing' AND i.lease_expires < now()
+    RETURNING i.id, i.task_id, i.state, i.error, i.error_code, i.model
+), settled AS (
+    SELECT embedq_settle(array_agg(task_id), array_agg(true), array_agg(error),
+                         array_agg(error_code)) AS woken
+    FROM changed WHERE state = 'failed'
+), requeued AS (
+    SELECT pg_notify('embedq_work', model)
+    FROM (SELECT DISTINCT model FROM changed WHERE state = 'pending') m
+)
+SELECT count(*) FILTER (WHERE state = 'pending') AS requeued,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       (SELECT woken FROM settled) AS woken,
+       (SELECT count(*) FROM requeued) AS models
+FROM changed;
+
+-- prune_finished --
+-- Retention: delete up to $2 tasks (and their inputs and vectors) finished more than $1
+-- seconds ago. Small batches keep locks short.
+WITH old AS (
+    SELECT id FROM embedq_task
+    WHERE finished_at < now() - make_interval(secs => $1)
+    ORDER BY finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM embedq_task t USING old WHERE t.id = old.id;
+
+-- touch_worker --
+-- A worker says who it is; the server counts it alive while it keeps saying so.
+INSERT INTO embedq_worker (name, version, models, backend, host, last_seen)
+VALUES ($1, $2, $3, $4, $5, now())
+ON CONFLICT (name) DO UPDATE
+SET version = excluded.version, models = excluded.models, backend = excluded.backend,
+    host = excluded.host, last_seen = now();
+
+-- live_models --
+-- Models served by workers seen within the last $1 seconds.
+SELECT DISTINCT unnest(models) AS model
+FROM embedq_worker
+WHERE last_seen > now() - make_interval(secs => $1)
+ORDER BY 1;
+
+-- try_maintenance_lock --
+-- Only one server process runs maintenance at a time.
+SELECT pg_try_advisory_xact_lock(hashtext('embedq_maintenance'));

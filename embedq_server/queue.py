@@ -1,0 +1,328 @@
+"""The queue's verbs: submit, wait, claim, heartbeat, complete, fail, release, maintain.
+
+Knows PostgreSQL and the listener, nothing of HTTP. Every state change is one statement
+fenced inside its UPDATE (never read-then-write), so concurrent workers, late results and
+the maintenance pass cannot overwrite each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from .listener import Listener
+from .settings import Settings
+from .sql import QUERIES
+
+log = logging.getLogger("embedq.queue")
+
+PENDING_CACHE_SECONDS = 1.0  # how stale the backpressure count may be
+WORKER_TOUCH_SECONDS = 5.0  # how often a worker's registration row is refreshed
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    owner: str
+    model: str
+    dimensions: int
+    n_inputs: int
+    remaining: int
+    failed: int
+    error: str | None
+    error_code: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will change the answer: all inputs ended, or one failed."""
+        return self.remaining <= 0 or self.failed > 0
+
+    @property
+    def status(self) -> str:
+        if self.failed > 0:
+            return "failed"
+        if self.remaining <= 0:
+            return "completed"
+        return "pending" if self.remaining == self.n_inputs else "processing"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    index: int
+    vector: bytes
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedItem:
+    id: int
+    task_id: str
+    input: str
+    model: str
+    dimensions: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    lease: str
+    items: list[ClaimedItem]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    id: int
+    error: str
+    code: str
+    retry: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    name: str
+    version: str | None = None
+    models: tuple[str, ...] = ()
+    backend: str | None = None
+    host: str | None = None
+
+
+class LeaseLost(Exception):
+    """None of the items named are held under this lease any more (expired or re-claimed)."""
+
+
+def fingerprint(owner: str, model: str, dimensions: int, inputs: Sequence[str]) -> bytes:
+    """Identifies an identical request by the same client, so a retry attaches to it."""
+    h = hashlib.sha256()
+    for part in (owner, model, str(dimensions), str(len(inputs))):
+        h.update(part.encode())
+        h.update(b"\0")
+    for text in inputs:
+        h.update(len(text).to_bytes(8, "little"))
+        h.update(text.encode("utf-8", "surrogatepass"))
+    return h.digest()
+
+
+class Queue:
+    def __init__(self, pool: asyncpg.Pool, listener: Listener, settings: Settings) -> None:
+        self.pool = pool
+        self.listener = listener
+        self.settings = settings
+        self._pending_count = 0
+        self._pending_checked = 0.0
+        self._worker_touched: dict[str, float] = {}
+
+    # -- clients ---------------------------------------------------------------------------
+
+    async def pending_inputs(self) -> int:
+        """Inputs waiting for a worker; cached briefly, since every request asks."""
+        now = time.monotonic()
+        if now - self._pending_checked > PENDING_CACHE_SECONDS:
+            self._pending_count = await self.pool.fetchval(QUERIES["pending_count"])
+            self._pending_checked = now
+        return self._pending_count
+
+    async def submit(
+        self, owner: str, model: str, dimensions: int, inputs: Sequence[str]
+    ) -> tuple[str, bool]:
+        """Store a request; return (task id, attached). An identical request by the same
+        client that has not failed is reused instead of computed again."""
+        print_ = fingerprint(owner, model, dimensions, inputs)
+        existing = await self.pool.fetchval(QUERIES["find_attachable_task"], owner, print_)
+        if existing is not None:
+            return str(existing), True
+        task_id = uuid.uuid4()
+        await self.pool.execute(
+            QUERIES["submit_task"], task_id, owner, print_, model, dimensions, list(inputs)
+        )
+        self._pending_count += len(inputs)
+        return str(task_id), False
+
+    async def get_task(self, task_id: str) -> Task | None:
+        row = await self.pool.fetchrow(QUERIES["get_task"], uuid.UUID(task_id))
+        return _task(row) if row is not None else None
+
+    async def wait(self, task_id: str, timeout: float) -> Task | None:
+        """Wait until the task is done or the timeout passes; return its latest state.
+        Wakes on NOTIFY; re-reads every backstop interval in case one was lost."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with self.listener.watch_task(task_id) as woken:
+                task = await self.get_task(task_id)
+                left = deadline - loop.time()
+                if task is None or task.done or left <= 0:
+                    return task
+                try:
+                    await asyncio.wait_for(woken, min(left, self.settings.backstop_interval))
+                except TimeoutError:
+                    pass
+
+    async def results(self, task_id: str) -> list[ItemResult]:
+        rows = await self.pool.fetch(QUERIES["task_results"], uuid.UUID(task_id))
+        return [ItemResult(r["idx"], r["vector"], r["tokens"] or 0) for r in rows]
+
+    async def item_states(self, task_id: str) -> asyncpg.Record:
+        return await self.pool.fetchrow(QUERIES["task_item_states"], uuid.UUID(task_id))
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def touch_worker(self, worker: WorkerInfo, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._worker_touched.get(worker.name, 0.0) < WORKER_TOUCH_SECONDS:
+            return
+        self._worker_touched[worker.name] = now
+        await self.pool.execute(
+            QUERIES["touch_worker"],
+            worker.name,
+            worker.version,
+            list(worker.models),
+            worker.backend,
+            worker.host,
+        )
+
+    async def claim(
+        self, worker: WorkerInfo, models: Sequence[str], max_items: int, wait: float
+    ) -> Claim:
+        """Lease up to max_items inputs of one model; if there are none, wait up to `wait`
+        seconds for a "new work" notification and try again."""
+        await self.touch_worker(worker)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        lease = uuid.uuid4()
+        max_items = max(1, min(max_items, self.settings.max_batch))
+        while True:
+            signal = self.listener.work_signal()
+            rows = await self.pool.fetch(
+                QUERIES["claim_items"],
+                list(models),
+                max_items,
+                lease,
+                self.settings.lease_seconds,
+                worker.name,
+            )
+            if rows:
+                items = sorted((_claimed(r) for r in rows), key=lambda i: i.id)
+                return Claim(str(lease), items)
+            left = deadline - loop.time()
+            if left <= 0:
+                return Claim(str(lease), [])
+            try:
+                await asyncio.wait_for(signal.wait(), min(left, self.settings.backstop_interval))
+            except TimeoutError:
+                pass
+
+    async def heartbeat(self, lease: str, worker: WorkerInfo) -> int:
+        """Extend the lease; return how many inputs it still holds (0: lost)."""
+        await self.touch_worker(worker)
+        rows = await self.pool.fetch(
+            QUERIES["extend_lease"], uuid.UUID(lease), self.settings.lease_seconds
+        )
+        return len(rows)
+
+    async def complete(
+        self,
+        lease: str,
+        results: Sequence[tuple[int, bytes, int]],
+        failures: Sequence[Failure] = (),
+        model_revision: str | None = None,
+    ) -> tuple[list[int], list[int]]:
+        """Store results and failures under the lease, in one transaction; return the ids
+        accepted for each. Items no longer held under the lease are left alone."""
+        lease_id = uuid.UUID(lease)
+        done: list[int] = []
+        failed: list[int] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            if results:
+                row = await conn.fetchrow(
+                    QUERIES["complete_items"],
+                    lease_id,
+                    [r[0] for r in results],
+                    [r[1] for r in results],
+                    [r[2] for r in results],
+                    model_revision,
+                )
+                done = list(row["ids"])
+            if failures:
+                row = await conn.fetchrow(
+                    QUERIES["fail_items"],
+                    lease_id,
+                    [f.id for f in failures],
+                    [f.error for f in failures],
+                    [f.retry for f in failures],
+                    self.settings.max_attempts,
+                    [f.code for f in failures],
+                )
+                failed = list(row["ids"])
+        return done, failed
+
+    async def release(self, lease: str, ids: Sequence[int]) -> list[int]:
+        row = await self.pool.fetchrow(QUERIES["release_items"], uuid.UUID(lease), list(ids))
+        return list(row["ids"])
+
+    async def live_models(self) -> list[str]:
+        rows = await self.pool.fetch(QUERIES["live_models"], self.settings_worker_alive)
+        return [r["model"] for r in rows]
+
+    @property
+    def settings_worker_alive(self) -> float:
+        return max(self.settings.lease_seconds, self.settings.claim_wait * 2)
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    async def maintain(self) -> dict[str, int]:
+        """One bounded pass of lease expiry and retention, by one server at a time."""
+        stats = {"requeued": 0, "failed": 0, "pruned": 0}
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(QUERIES["try_maintenance_lock"]):
+                return stats
+            row = await conn.fetchrow(
+                QUERIES["expire_leases"], 1000, self.settings.max_attempts
+            )
+            stats["requeued"], stats["failed"] = row["requeued"], row["failed"]
+            pruned = await conn.execute(QUERIES["prune_finished"], self.settings.result_ttl, 1000)
+            stats["pruned"] = int(pruned.split()[-1])
+        if stats["requeued"] or stats["failed"] or stats["pruned"]:
+            log.info(
+                "maintenance requeued=%d failed=%d pruned=%d",
+                stats["requeued"],
+                stats["failed"],
+                stats["pruned"],
+            )
+        return stats
+
+
+def _task(row: asyncpg.Record) -> Task:
+    return Task(
+        id=str(row["id"]),
+        owner=row["owner"],
+        model=row["model"],
+        dimensions=row["dimensions"],
+        n_inputs=row["n_inputs"],
+        remaining=row["remaining"],
+        failed=row["failed"],
+        error=row["error"],
+        error_code=row["error_code"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _claimed(row: asyncpg.Record) -> ClaimedItem:
+    return ClaimedItem(
+        id=row["id"],
+        task_id=str(row["task_id"]),
+        input=row["input"],
+        model=row["model"],
+        dimensions=row["dimensions"],
+        attempts=row["attempts"],
+    )

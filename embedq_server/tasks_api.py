@@ -1,0 +1,105 @@
+"""GET /tasks/{id} and /tasks/{id}/result: poll a task by the id a request handed back.
+
+A client sees only its own tasks; anyone else's id answers 404 as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from .auth import owner_of, require
+from .errors import ApiError
+from .keys import CLIENT_TOKENS, QUEUE, SETTINGS
+from .openai_api import answer, embeddings_body, failure_error
+from .queue import Task
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+async def _own_task(request: web.Request) -> Task:
+    token = require(request, request.app[CLIENT_TOKENS], "client")
+    raw = request.match_info["task_id"]
+    try:
+        task_id = str(uuid.UUID(raw))
+    except ValueError:
+        raise ApiError(404, f"no task {raw}", param="task_id", code="task_not_found") from None
+    task = await request.app[QUEUE].get_task(task_id)
+    if task is None or task.owner != owner_of(token):
+        raise ApiError(404, f"no task {task_id}", param="task_id", code="task_not_found")
+    return task
+
+
+def _format(request: web.Request) -> str:
+    fmt = request.query.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        raise ApiError(
+            400, "encoding_format must be 'float' or 'base64'", param="encoding_format"
+        )
+    return fmt
+
+
+def _wait(request: web.Request) -> float:
+    raw = request.query.get("wait_seconds", "0")
+    limit = request.app[SETTINGS].max_wait
+    if not raw.isdigit() or int(raw) > limit:
+        raise ApiError(
+            400, f"wait_seconds must be an integer from 0 to {limit:g}", param="wait_seconds"
+        )
+    return float(raw)
+
+
+async def _maybe_wait(request: web.Request, task: Task) -> Task:
+    wait = _wait(request)
+    if wait > 0 and not task.done:
+        return await request.app[QUEUE].wait(task.id, wait) or task
+    return task
+
+
+async def get_task(request: web.Request) -> web.Response:
+    fmt = _format(request)
+    task = await _maybe_wait(request, await _own_task(request))
+    queue = request.app[QUEUE]
+    states = await queue.item_states(task.id)
+    body: dict[str, Any] = {
+        "id": task.id,
+        "object": "embedding.task",
+        "status": task.status,
+        "model": task.model,
+        "dimensions": task.dimensions or None,
+        "inputs": task.n_inputs,
+        "counts": {k: states[k] for k in ("pending", "processing", "completed", "failed")},
+        "error": None,
+        "created_at": _iso(task.created_at),
+        "started_at": _iso(states["started_at"]),
+        "finished_at": _iso(task.finished_at),
+        "result": None,
+    }
+    if task.status == "failed":
+        err = failure_error(task)
+        body["error"] = {"message": err.message, "code": err.code}
+    elif task.status == "completed":
+        body["result"] = embeddings_body(task, await queue.results(task.id), fmt)
+    return web.json_response(body)
+
+
+async def get_result(request: web.Request) -> web.Response:
+    fmt = _format(request)
+    task = await _maybe_wait(request, await _own_task(request))
+    if task.done:
+        return await answer(request, task, fmt)
+    return web.json_response(
+        {"id": task.id, "object": "embedding.task", "status": task.status},
+        status=202,
+        headers={"Retry-After": "1"},
+    )
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/tasks/{task_id}", get_task)
+    app.router.add_get("/tasks/{task_id}/result", get_result)
