@@ -1,0 +1,231 @@
+"""sd_notify against a fake systemd: a datagram socket standing in for $NOTIFY_SOCKET.
+
+Both copies (server and worker) run every test, and must stay the same code.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import embedq_server.sdnotify as server_sdnotify
+import embedq_worker.sdnotify as worker_sdnotify
+
+TICK = 0.02  # seconds between watchdog pings in the loop tests
+
+
+@pytest.fixture(params=[server_sdnotify, worker_sdnotify], ids=["server", "worker"])
+def sd(request: pytest.FixtureRequest) -> ModuleType:
+    module: ModuleType = request.param
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The test run itself may be under systemd (CI in a unit): never talk to the real one.
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _receiver(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(2.0)
+    return sock
+
+
+@pytest.fixture(params=["path", "abstract"])
+def manager(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[socket.socket]:
+    """A bound socket playing systemd, on a file path or in the abstract namespace."""
+    if request.param == "abstract":
+        name = f"embedq-test-{uuid.uuid4().hex}"
+        with _receiver("\0" + name) as sock:
+            monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+            yield sock
+    else:
+        # A short directory: Unix socket paths are limited to 107 bytes.
+        with tempfile.TemporaryDirectory(prefix="sdn") as tmp:
+            path = os.path.join(tmp, "notify")
+            with _receiver(path) as sock:
+                monkeypatch.setenv("NOTIFY_SOCKET", path)
+                yield sock
+
+
+def _drain(sock: socket.socket) -> list[str]:
+    """Every datagram waiting now, without blocking."""
+    got = []
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        while True:
+            got.append(sock.recv(4096).decode())
+    except BlockingIOError:
+        return got
+    finally:
+        sock.settimeout(timeout)
+
+
+def test_states_reach_the_manager(sd: ModuleType, manager: socket.socket) -> None:
+    assert sd.ready() is True
+    assert sd.status("serving on 127.0.0.1:8000") is True
+    assert sd.watchdog() is True
+    assert sd.stopping() is True
+    assert sd.notify("EXTEND_TIMEOUT_USEC=5000000") is True
+    assert [manager.recv(4096).decode() for _ in range(5)] == [
+        "READY=1",
+        "STATUS=serving on 127.0.0.1:8000",
+        "WATCHDOG=1",
+        "STOPPING=1",
+        "EXTEND_TIMEOUT_USEC=5000000",
+    ]
+
+
+def test_no_socket_is_a_quiet_no_op(sd: ModuleType) -> None:
+    assert sd.ready() is False
+    assert sd.watchdog() is False
+
+
+@pytest.mark.parametrize("value", ["", "vsock:2:1234", "relative/path"])
+def test_unsupported_address_is_a_no_op(
+    sd: ModuleType, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", value)
+    assert sd.ready() is False
+
+
+def test_vanished_socket_returns_false(
+    sd: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+    assert sd.ready() is False
+
+
+@pytest.mark.parametrize(
+    ("usec", "pid", "expected"),
+    [
+        ("30000000", None, 15.0),
+        ("30000000", "self", 15.0),
+        ("1000", None, 0.0005),
+        ("30000000", "other", None),  # inherited from our parent: not ours to ping
+        (None, None, None),
+        ("", None, None),
+        ("0", None, None),
+        ("-5", None, None),
+        ("soon", None, None),
+    ],
+)
+def test_watchdog_interval(
+    sd: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    usec: str | None,
+    pid: str | None,
+    expected: float | None,
+) -> None:
+    if usec is not None:
+        monkeypatch.setenv("WATCHDOG_USEC", usec)
+    if pid == "self":
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    elif pid == "other":
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert sd.watchdog_interval() == expected
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+async def _settle() -> None:
+    # A tick whose check already passed may still send one ping: let it land.
+    await asyncio.sleep(TICK * 3)
+
+
+async def test_watchdog_loop_pings_only_while_healthy(
+    sd: ModuleType, manager: socket.socket
+) -> None:
+    healthy = True
+
+    async def check() -> bool:
+        return healthy
+
+    task = asyncio.create_task(sd.watchdog_loop(check, TICK), name="watchdog")
+    try:
+        await asyncio.sleep(TICK * 10)
+        pings = _drain(manager)
+        assert len(pings) >= 3 and set(pings) == {"WATCHDOG=1"}
+
+        healthy = False
+        await _settle()
+        _drain(manager)
+        await asyncio.sleep(TICK * 10)
+        assert _drain(manager) == []
+        assert not task.done()
+
+        healthy = True
+        await asyncio.sleep(TICK * 10)
+        assert len(_drain(manager)) >= 3
+    finally:
+        await _stop(task)
+
+
+async def test_watchdog_loop_treats_a_failing_or_hung_check_as_unhealthy(
+    sd: ModuleType, manager: socket.socket
+) -> None:
+    mode = "raise"
+    release = asyncio.Event()
+
+    async def check() -> bool:
+        if mode == "raise":
+            raise ConnectionError("database gone")
+        if mode == "hang":
+            await release.wait()  # a query that never returns
+        return True
+
+    task = asyncio.create_task(sd.watchdog_loop(check, TICK), name="watchdog")
+    try:
+        await asyncio.sleep(TICK * 10)
+        assert _drain(manager) == []
+        assert not task.done()  # the loop survives a raising check
+
+        mode = "hang"
+        await asyncio.sleep(TICK * 10)
+        assert _drain(manager) == []
+        assert not task.done()  # the hung check timed out instead of blocking the loop
+
+        mode = "ok"
+        await asyncio.sleep(TICK * 10)
+        assert len(_drain(manager)) >= 3
+    finally:
+        release.set()
+        await _stop(task)
+
+
+def _code_without_docstring(module: ModuleType) -> str:
+    tree = ast.parse(inspect.getsource(module))
+    body = tree.body[1:] if ast.get_docstring(tree) is not None else tree.body
+    return "\n".join(ast.dump(node) for node in body)
+
+
+def test_server_and_worker_copies_are_the_same_code() -> None:
+    # The worker must not import the server package, so the module is copied:
+    # keep the copies from drifting apart.
+    assert _code_without_docstring(server_sdnotify) == _code_without_docstring(worker_sdnotify)
+    for name in ("notify", "ready", "stopping", "watchdog", "status", "watchdog_interval"):
+        assert inspect.signature(getattr(server_sdnotify, name)) == inspect.signature(
+            getattr(worker_sdnotify, name)
+        )
+    assert inspect.iscoroutinefunction(worker_sdnotify.watchdog_loop)
