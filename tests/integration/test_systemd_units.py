@@ -178,7 +178,6 @@ def test_lifecycle_settings(file: str) -> None:
     assert last(unit, "Service", "NotifyAccess") == "main"
     assert last(unit, "Service", "Restart") == "on-failure"
     assert seconds(last(unit, "Service", "RestartSec")) == 5
-    assert seconds(last(unit, "Service", "WatchdogSec")) >= 30
     # The programs drain for up to SHUTDOWN_GRACE=30 s before SIGKILL may come.
     assert seconds(last(unit, "Service", "TimeoutStopSec")) > 30
     assert last(unit, "Service", "User") == "embedq"
