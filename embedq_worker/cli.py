@@ -1,0 +1,128 @@
+"""embedq-worker: claim batches from the embedq server and compute them with a backend."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__, sdnotify
+from .backends import build_backends, parse_models
+from .backends.base import Backend, BackendError
+from .runner import Runner, run_until_signal
+from .server_client import ServerClient
+from .settings import WorkerSettings
+
+log = logging.getLogger("embedq.worker")
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        import json
+
+        class Json(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return json.dumps(
+                    {
+                        "ts": self.formatTime(record),
+                        "level": record.levelname.lower(),
+                        "logger": record.name,
+                        "message": record.getMessage(),
+                    }
+                )
+
+        handler.setFormatter(Json())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+async def start_backends(settings: WorkerSettings) -> dict[str, Backend]:
+    specs = parse_models(settings.models, settings.backend)
+    backends = build_backends(
+        specs,
+        ollama_urls=settings.ollama_urls,
+        openai_base_url=settings.openai_base_url or None,
+        openai_api_key=settings.openai_api_key or None,
+        timeout=settings.request_timeout,
+    )
+    by_backend: dict[int, tuple[Backend, list[str]]] = {}
+    for model, backend in backends.items():
+        by_backend.setdefault(id(backend), (backend, []))[1].append(model)
+    for backend, models in by_backend.values():
+        info = await backend.start(models)
+        log.info(
+            "backend ready backend=%s endpoint=%s models=%s",
+            info.name,
+            info.endpoint,
+            ",".join(f"{m}@{(r or '?')[:12]}" for m, r in info.models.items()) or ",".join(models),
+        )
+    return backends
+
+
+async def amain(settings: WorkerSettings) -> int:
+    try:
+        backends = await start_backends(settings)
+    except (BackendError, ValueError, ImportError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    kinds = sorted({b.name for b in backends.values()})
+    log.info(
+        "embedq-worker %s name=%s server=%s models=%s backends=%s batch=%d",
+        __version__,
+        settings.name,
+        settings.server_url,
+        ",".join(sorted(backends)),
+        ",".join(kinds),
+        settings.batch_size,
+    )
+    try:
+        async with ServerClient(
+            settings.server_url,
+            settings.worker_token,
+            name=settings.name,
+            models=sorted(backends),
+            backend=",".join(kinds),
+        ) as client:
+            runner = Runner(settings, client, backends)
+
+            async def started() -> None:
+                sdnotify.ready()
+
+            await run_until_signal(runner, started)
+            sdnotify.stopping()
+    finally:
+        for backend in {id(b): b for b in backends.values()}.values():
+            await backend.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embedq-worker",
+        description="Claim embedding work from an embedq server and compute it. Every option "
+        "has an environment variable twin.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    WorkerSettings.add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = WorkerSettings.from_args(args)
+    except ValueError as exc:
+        print(f"embedq-worker: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_format, settings.log_level)
+    return asyncio.run(amain(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

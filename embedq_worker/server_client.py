@@ -1,0 +1,158 @@
+"""The worker's HTTP calls to the server: claim, heartbeat, complete, release.
+
+Only outgoing requests, so a worker behind NAT needs no open port.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from . import __version__
+
+log = logging.getLogger("embedq.worker.server")
+
+
+class ServerError(Exception):
+    """The server could not be reached or answered 5xx: retry later."""
+
+
+class LeaseLost(Exception):
+    """The server refused the call because the lease is gone (409)."""
+
+
+class Rejected(Exception):
+    """The server refused the call for good (401, 400): retrying will not help."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    id: int
+    input: str
+    model: str
+    dimensions: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    lease: str
+    lease_seconds: float
+    items: list[Item]
+
+    @property
+    def model(self) -> str:
+        return self.items[0].model
+
+    @property
+    def dimensions(self) -> int | None:
+        return self.items[0].dimensions
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    id: int
+    error: str
+    code: str
+    retry: bool
+
+
+class ServerClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        name: str,
+        models: list[str],
+        backend: str,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._identity = {
+            "worker": name,
+            "version": __version__,
+            "models": models,
+            "backend": backend,
+            "host": platform.node(),
+        }
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ServerClient:
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            connector=aiohttp.TCPConnector(limit=16, keepalive_timeout=60),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _post(self, path: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+        assert self._session is not None, "use ServerClient as an async context manager"
+        body = {**self._identity, **payload}
+        try:
+            async with self._session.post(
+                self.base_url + path,
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                data: dict[str, Any] = await resp.json(content_type=None)
+                if resp.status == 409:
+                    raise LeaseLost(_message(data))
+                if resp.status >= 500 or resp.status == 429:
+                    raise ServerError(f"{path}: HTTP {resp.status}: {_message(data)}")
+                if resp.status >= 400:
+                    raise Rejected(f"{path}: HTTP {resp.status}: {_message(data)}")
+                return data
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise ServerError(f"{path}: {exc!r}") from exc
+
+    async def claim(self, max_items: int, wait: float) -> Batch:
+        data = await self._post(
+            "/worker/claim", {"max_items": max_items, "wait_seconds": wait}, timeout=wait + 30
+        )
+        items = [
+            Item(i["id"], i["input"], i["model"], i.get("dimensions")) for i in data["items"]
+        ]
+        return Batch(data["lease"], float(data["lease_seconds"]), items)
+
+    async def heartbeat(self, lease: str) -> int:
+        data = await self._post("/worker/heartbeat", {"lease": lease}, timeout=15)
+        return int(data["held"])
+
+    async def complete(
+        self,
+        lease: str,
+        results: list[tuple[int, bytes, int]],
+        failures: list[ItemFailure],
+        model_revision: str | None,
+    ) -> dict[str, Any]:
+        payload = {
+            "lease": lease,
+            "model_revision": model_revision,
+            "results": [
+                {"id": i, "embedding": base64.b64encode(v).decode("ascii"), "tokens": t}
+                for i, v, t in results
+            ],
+            "failures": [
+                {"id": f.id, "error": f.error, "code": f.code, "retry": f.retry} for f in failures
+            ],
+        }
+        return await self._post("/worker/complete", payload, timeout=60)
+
+    async def release(self, lease: str, ids: list[int]) -> list[int]:
+        data = await self._post("/worker/release", {"lease": lease, "ids": ids}, timeout=15)
+        return list(data["released"])
+
+
+def _message(data: Any) -> str:
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return str(data["error"].get("message"))
+    return str(data)[:300]
