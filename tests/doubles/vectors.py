@@ -1,0 +1,68 @@
+"""The deterministic fake embeddings every test double serves, so a test can check any vector
+that went through the queue against `expected_bytes(model, text)` without a real model.
+
+A vector is seeded from sha256(model, text), its components are int16 draws from that seed,
+cut to `dimensions` when asked and then L2-normalised and rounded to float32 (so the floats
+of `expected_vector` are exactly the values the float32 bytes hold).
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import math
+import random
+import sys
+from functools import lru_cache
+
+DEFAULT_DIM = 768  # nomic-embed-text's size
+_CACHE_SIZE = 16_384  # vectors kept (about 3 KiB each at 768 dims)
+
+
+def canonical_model(model: str) -> str:
+    """Ollama treats `name` and `name:latest` as one model, so they must embed alike."""
+    return model.removesuffix(":latest")
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def expected_bytes(
+    model: str, text: str, dimensions: int | None = None, dim: int = DEFAULT_DIM
+) -> bytes:
+    """The little-endian float32 bytes of the fake vector; `dimensions` >= `dim` means all."""
+    size = dim if dimensions is None else min(dimensions, dim)
+    if size < 1:
+        raise ValueError(f"dimensions must be positive, got {size}")
+    seed = hashlib.sha256(f"{canonical_model(model)}\0{text}".encode()).digest()
+    raw = array.array("h", random.Random(seed).randbytes(2 * size))
+    scale = 1.0 / (math.hypot(*raw) or 1.0)
+    packed = array.array("f", [x * scale for x in raw])
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def expected_vector(
+    model: str, text: str, dimensions: int | None = None, dim: int = DEFAULT_DIM
+) -> list[float]:
+    """The fake vector as floats: unit length, `dimensions` long when given."""
+    unpacked = array.array("f")
+    unpacked.frombytes(expected_bytes(model, text, dimensions, dim))
+    if sys.byteorder != "little":
+        unpacked.byteswap()
+    return unpacked.tolist()
+
+
+@lru_cache(maxsize=4096)
+def expected_json(
+    model: str, text: str, dimensions: int | None = None, dim: int = DEFAULT_DIM
+) -> str:
+    """The fake vector as a JSON array, written as a server writes float32: at most 9
+    significant digits, enough to give back the exact float32 (and twice as short and fast
+    as Python's float64 repr)."""
+    return "[" + ",".join(map("%.9g".__mod__, expected_vector(model, text, dimensions, dim))) + "]"
+
+
+def fake_token_count(text: str) -> int:
+    """Tokens the doubles report for one input: one per 4 characters plus one special token,
+    a cheap stand-in for a tokenizer that still grows with the text."""
+    return len(text) // 4 + 1
