@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import openai_api, tasks_api, worker_api
+from . import openai_api, sdnotify, tasks_api, worker_api
 from .auth import TokenSet
 from .database import create_pool
 from .errors import error_middleware
@@ -48,23 +47,40 @@ async def _maintenance_loop(app: web.Application) -> None:
         await asyncio.sleep(interval)
 
 
+async def database_ok(app: web.Application) -> bool:
+    try:
+        await app[POOL].fetchval("SELECT 1", timeout=2)
+    except Exception:
+        return False
+    return True
+
+
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(_maintenance_loop(app), name="maintenance")
+    tasks = [asyncio.create_task(_maintenance_loop(app), name="maintenance")]
+    interval = sdnotify.watchdog_interval()
+    if interval is not None:
+        # systemd restarts the server if it stops answering, or stays unhealthy too long.
+        tasks.append(
+            asyncio.create_task(
+                sdnotify.watchdog_loop(lambda: database_ok(app), interval), name="watchdog"
+            )
+        )
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """Stop waiting: in-flight requests answer now with their task ids, claims return empty."""
+    app[QUEUE].close()
 
 
 async def health(request: web.Request) -> web.Response:
     """Token-free and cheap: is the database answering? Reveals nothing private."""
-    ok = True
-    try:
-        await request.app[POOL].fetchval("SELECT 1", timeout=2)
-    except Exception:
-        ok = False
+    ok = await database_ok(request.app)
     listening = request.app[LISTENER].connected
     body = {
         "status": "ok" if ok else "unavailable",
@@ -84,6 +100,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     app[WORKER_TOKENS] = TokenSet(settings.worker_tokens, open_access=settings.loopback)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_background)
+    app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/health", health)
     openai_api.setup(app)
     tasks_api.setup(app)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, sdnotify
 from .app import create_app
 from .database import apply_migrations, embedded_postgres
 from .logs import setup_logging
@@ -50,8 +50,10 @@ async def serve(settings: Settings, url: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    sdnotify.ready()
     try:
         await stop.wait()
+        sdnotify.stopping()
         log.info("shutting down grace=%.0fs", settings.shutdown_grace)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

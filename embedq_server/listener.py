@@ -53,7 +53,7 @@ class Listener:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
         await self._close()
-        self._wake_everyone()
+        self.wake_everyone()
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -117,7 +117,7 @@ class Listener:
         self._connected.set()
         log.info("listener connected channels=%s,%s", DONE_CHANNEL, WORK_CHANNEL)
         # Anything sent while we were not listening is lost: everyone re-checks.
-        self._wake_everyone()
+        self.wake_everyone()
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -144,7 +144,8 @@ class Listener:
         self._work.set()
         self._work = asyncio.Event()
 
-    def _wake_everyone(self) -> None:
+    def wake_everyone(self) -> None:
+        """Every waiter re-checks: after a reconnect (notifications were lost) or at shutdown."""
         for waiters in self._task_waiters.values():
             for fut in waiters:
                 if not fut.done():

@@ -120,6 +120,12 @@ class Queue:
         self._pending_count = 0
         self._pending_checked = 0.0
         self._worker_touched: dict[str, float] = {}
+        self.closing = False
+
+    def close(self) -> None:
+        """Shutdown: every waiting request and claim returns now with what it has."""
+        self.closing = True
+        self.listener.wake_everyone()
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -160,7 +166,7 @@ class Queue:
             with self.listener.watch_task(task_id) as woken:
                 task = await self.get_task(task_id)
                 left = deadline - loop.time()
-                if task is None or task.done or left <= 0:
+                if task is None or task.done or left <= 0 or self.closing:
                     return task
                 try:
                     await asyncio.wait_for(woken, min(left, self.settings.backstop_interval))
@@ -214,7 +220,7 @@ class Queue:
                 items = sorted((_claimed(r) for r in rows), key=lambda i: i.id)
                 return Claim(str(lease), items)
             left = deadline - loop.time()
-            if left <= 0:
+            if left <= 0 or self.closing:
                 return Claim(str(lease), [])
             try:
                 await asyncio.wait_for(signal.wait(), min(left, self.settings.backstop_interval))
