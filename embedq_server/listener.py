@@ -41,6 +41,11 @@ class Listener:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def backend_pid(self) -> int | None:
+        """The PostgreSQL backend serving the LISTEN connection (for tests and ops)."""
+        return self._conn.get_server_pid() if self._conn is not None else None
+
     async def start(self, *, wait: float = 10.0) -> None:
         self._runner = asyncio.create_task(self._run(), name="listener")
         with contextlib.suppress(TimeoutError):
