@@ -10,7 +10,7 @@ from .base import Backend, ModelSpec
 from .ollama import OllamaBackend
 from .openai import OpenAIBackend
 
-BACKENDS = ("ollama", "openai", "local")
+BACKENDS = ("ollama", "openai", "local", "zero")  # zero: benchmarks only (backends/zero.py)
 
 
 def parse_models(spec: str, default_backend: str) -> list[ModelSpec]:
@@ -63,6 +63,10 @@ def build_backends(
         from .local import LocalBackend  # its heavy imports wait for start(), but keep it lazy
 
         instances["local"] = LocalBackend()
+    if "zero" in kinds:
+        from .zero import ZeroBackend
+
+        instances["zero"] = ZeroBackend.from_env()
     unknown = kinds - instances.keys()
     if unknown:
         raise ValueError(f"unknown backend {sorted(unknown)}: use one of {', '.join(BACKENDS)}")
