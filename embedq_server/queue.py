@@ -19,6 +19,7 @@ from datetime import datetime
 import asyncpg
 
 from .listener import Listener
+from .outage import DATABASE_DOWN, TaskUnreachable
 from .settings import Settings
 from .sql import QUERIES
 
@@ -26,6 +27,7 @@ log = logging.getLogger("embedq.queue")
 
 PENDING_CACHE_SECONDS = 1.0  # how stale the backpressure count may be
 WORKER_TOUCH_SECONDS = 5.0  # how often a worker's registration row is refreshed
+DOWN_RETRY = 0.5  # seconds between re-reads of a waited-for task while the database is down
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,12 +161,20 @@ class Queue:
 
     async def wait(self, task_id: str, timeout: float) -> Task | None:
         """Wait until the task is done or the timeout passes; return its latest state.
-        Wakes on NOTIFY; re-reads every backstop interval in case one was lost."""
+        Wakes on NOTIFY; re-reads every backstop interval in case one was lost. While the
+        database is unreachable it keeps trying until the deadline (the listener wakes
+        everyone when it reconnects), then raises TaskUnreachable naming the task."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             with self.listener.watch_task(task_id) as woken:
-                task = await self.get_task(task_id)
+                try:
+                    task = await self.get_task(task_id)
+                except DATABASE_DOWN as exc:
+                    if deadline - loop.time() <= 0 or self.closing:
+                        raise TaskUnreachable(task_id) from exc
+                    await asyncio.sleep(min(DOWN_RETRY, max(deadline - loop.time(), 0)))
+                    continue
                 left = deadline - loop.time()
                 if task is None or task.done or left <= 0 or self.closing:
                     return task
