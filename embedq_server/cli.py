@@ -1,4 +1,5 @@
-"""embedq-server [serve|migrate]: run the queue server, or only apply migrations."""
+"""embedq-server [serve|migrate|status|requeue|purge|tokens]: run the queue server, apply
+migrations, or run an operator's command (admin.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from aiohttp import web
 
-from . import __version__, sdnotify
+from . import __version__, admin, sdnotify
 from .app import create_app
 from .database import apply_migrations, embedded_postgres
 from .logs import setup_logging
@@ -73,9 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         "command",
         nargs="?",
         default="serve",
-        choices=["serve", "migrate"],
-        help="serve (default): run the server; migrate: apply migrations and exit",
+        choices=["serve", "migrate", *admin.COMMANDS],
+        help="serve (default): run the server; migrate: apply migrations and exit; "
+        "status: the queue and workers at a glance; requeue: failed inputs back to pending; "
+        "purge: drop a model's pending inputs; tokens: suggest fresh tokens",
     )
+    admin.add_arguments(parser)
     Settings.add_arguments(parser)
     return parser
 
@@ -94,7 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             log.error("%s", exc)
             return 2
+    if args.command == "tokens":
+        return admin.run(args.command, args, None)
     with database_url(settings) as url:
+        if args.command in admin.COMMANDS:
+            return admin.run(args.command, args, url)
         apply_migrations(url)
         if args.command == "migrate":
             return 0

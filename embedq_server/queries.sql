@@ -224,3 +224,59 @@ ORDER BY 1;
 -- try_maintenance_lock --
 -- Only one server process runs maintenance at a time.
 SELECT pg_try_advisory_xact_lock(hashtext('embedq_maintenance'));
+
+-- ops_queue --
+-- Inputs per model and state, and the age of the oldest pending one (view embedq_queue).
+SELECT model, state, items, tasks, oldest_pending_seconds FROM embedq_queue;
+
+-- ops_workers --
+-- Registered workers, liveness and inputs in hand (view embedq_workers).
+SELECT name, version, models, backend, host, last_seen, seconds_since_seen, alive,
+       items_in_hand
+FROM embedq_workers;
+
+-- ops_recent_failures --
+-- The newest $1 failed inputs (view embedq_failures).
+SELECT task_id, item_id, model, error, error_code, attempts, worker, completed_at
+FROM embedq_failures
+LIMIT $1;
+
+-- ops_throughput --
+-- Completed inputs per model and minute over the last hour, zero-filled (view).
+SELECT model, minute, completed FROM embedq_throughput;
+
+-- ops_requeue_failed --
+-- Failed inputs back to pending, task counters fixed (migration 0004). $1 model or NULL,
+-- $2 minimum age of the failure in seconds, $3 task id or NULL.
+SELECT items, tasks
+FROM embedq_requeue_failed($1::text, make_interval(secs => $2::float8), $3::uuid);
+
+-- ops_purge_preview --
+-- What `purge --model $1` would take: pending inputs and their tasks.
+SELECT count(*) AS items, count(DISTINCT task_id) AS tasks
+FROM embedq_item
+WHERE state = 'pending' AND model = $1;
+
+-- ops_purge_pending --
+-- Drop model $1's pending inputs (migration 0004): unstarted tasks deleted, the rest failed.
+SELECT deleted_tasks, deleted_items, failed_items FROM embedq_purge_pending($1::text);
+
+-- metrics_snapshot --
+-- Everything /metrics reads from the database, in one round trip at scrape time.
+SELECT (SELECT coalesce(json_agg(q), '[]')
+        FROM (SELECT model, state, items, oldest_pending_seconds FROM embedq_queue) q)
+           AS queue,
+       (SELECT count(*) FROM embedq_worker WHERE last_seen > now() - interval '60 seconds')
+           AS live_workers,
+       (SELECT coalesce(json_object_agg(model, n), '{}')
+        FROM (SELECT m AS model, count(*) AS n
+              FROM embedq_worker, unnest(models) AS m
+              WHERE last_seen > now() - interval '60 seconds'
+              GROUP BY m) w) AS model_workers;
+
+-- model_served --
+-- Is model $1 served by a worker seen within the last $2 seconds?
+SELECT EXISTS (
+    SELECT 1 FROM embedq_worker
+    WHERE $1::text = ANY (models) AND last_seen > now() - make_interval(secs => $2::float8)
+);
