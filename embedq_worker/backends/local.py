@@ -47,7 +47,8 @@ def resolve_model(name: str) -> tuple[str, str | None]:
 
 
 def _import_sentence_transformers() -> ModuleType:
-    """sentence-transformers, set to never reach the network: weights must be on disk."""
+    """sentence-transformers, set to never reach the network: weights must be on disk (the
+    loads also say local_files_only, which holds even if the hub was imported earlier)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bars in the worker's log
     try:
@@ -112,7 +113,7 @@ class LocalBackend:
 
     def _load(self, st: ModuleType, model: str, path: str, revision: str | None) -> _Loaded:
         try:
-            loaded = st.SentenceTransformer(path, device=self._device)
+            loaded = st.SentenceTransformer(path, device=self._device, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ModelNotFound(
                 f"cannot load model '{model}' from {path!r} without network "
