@@ -112,18 +112,17 @@ class OllamaBackend:
             )
         tags = await asyncio.gather(*(self._tags(inst) for inst in self._instances))
         now = time.monotonic()
-        answered = [(inst, t) for inst, t in zip(self._instances, tags, strict=True) if t]
+        answered = [(i, t) for i, t in zip(self._instances, tags, strict=True) if t is not None]
         for model in models:
             full = tagged(model)
-            having = [inst for inst, t in answered if full in t]
+            digests = [t[full] for _, t in answered if full in t]
             for inst, t in answered:
                 if full not in t:
                     inst.missing[model] = now + MISSING_RECHECK
-            if having:
-                self._digests[model] = next(t[full] for _, t in answered if full in t)
+            self._digests[model] = digests[0] if digests else None
+            if digests:
                 continue
-            self._digests[model] = None
-            if answered and len(answered) == len(self._instances):
+            if len(answered) == len(self._instances):
                 raise ModelNotFound(
                     f"model '{model}' is not on Ollama at {self.endpoint}: "
                     f"run `ollama pull {model}` there"
@@ -135,7 +134,9 @@ class OllamaBackend:
                     model,
                     model,
                 )
-        return BackendInfo(name=self.name, endpoint=self.endpoint, models=dict(self._digests))
+        return BackendInfo(
+            name=self.name, endpoint=self.endpoint, models={m: self._digests[m] for m in models}
+        )
 
     async def _tags(self, inst: _Instance) -> dict[str, str | None] | None:
         """The instance's models (full name -> digest), or None when it does not answer."""

@@ -92,6 +92,16 @@ async def test_a_model_missing_at_start_says_to_pull_it(ollama: str) -> None:
         await backend.close()
 
 
+async def test_an_ollama_without_models_is_model_not_found_at_start() -> None:
+    async with run_ollama_double(dim=DIM, models=[]) as url:
+        backend = OllamaBackend([url])
+        try:
+            with pytest.raises(ModelNotFound, match=f"ollama pull {MODEL}"):
+                await backend.start([MODEL])
+        finally:
+            await backend.close()
+
+
 async def test_an_unknown_model_at_embed_time_is_model_not_found(backend: OllamaBackend) -> None:
     with pytest.raises(ModelNotFound, match="ollama pull"):
         await backend.embed("mxbai-embed-large", TEXTS, None)
