@@ -30,13 +30,20 @@ def make_settings(**overrides: Any) -> Settings:
 
 
 async def claim(
-    client: TestClient, models: list[str] | None = None, max_items: int = 32, wait: float = 0,
+    client: TestClient,
+    models: list[str] | None = None,
+    max_items: int = 32,
+    wait: float = 0,
     worker: str = "w1",
 ) -> dict[str, Any]:
     resp = await client.post(
         "/worker/claim",
-        json={"worker": worker, "models": models or ["m"], "max_items": max_items,
-              "wait_seconds": wait},
+        json={
+            "worker": worker,
+            "models": models or ["m"],
+            "max_items": max_items,
+            "wait_seconds": wait,
+        },
         headers=WORKER,
     )
     assert resp.status == 200, await resp.text()

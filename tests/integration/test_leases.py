@@ -21,7 +21,8 @@ def vec(x: float) -> str:
 
 async def submit(client: TestClient, inputs: Any, **extra: Any) -> str:
     resp = await client.post(
-        "/v1/embeddings", json={"model": "m", "input": inputs, "wait_seconds": 0, **extra},
+        "/v1/embeddings",
+        json={"model": "m", "input": inputs, "wait_seconds": 0, **extra},
         headers=CLIENT,
     )
     assert resp.status == 202, await resp.text()
@@ -64,18 +65,27 @@ async def test_two_workers_racing_a_lease_expiry(app_client):
     assert sorted(i["id"] for i in second["items"]) == sorted(i["id"] for i in first["items"])
     # The slow worker's heartbeat and late result are refused and change nothing.
     assert (await post(client, "/worker/heartbeat", lease=first["lease"])).status == 409
-    late = await post(client, "/worker/complete", lease=first["lease"], results=[
-        {"id": i["id"], "embedding": vec(1.0), "tokens": 1} for i in first["items"]
-    ])
+    late = await post(
+        client,
+        "/worker/complete",
+        lease=first["lease"],
+        results=[{"id": i["id"], "embedding": vec(1.0), "tokens": 1} for i in first["items"]],
+    )
     assert late.status == 409
-    ok = await post(client, "/worker/complete", lease=second["lease"], results=[
-        {"id": i["id"], "embedding": vec(2.0), "tokens": 1} for i in second["items"]
-    ])
+    ok = await post(
+        client,
+        "/worker/complete",
+        lease=second["lease"],
+        results=[{"id": i["id"], "embedding": vec(2.0), "tokens": 1} for i in second["items"]],
+    )
     assert ok.status == 200
     # And once completed, the slow worker still cannot overwrite it.
-    again = await post(client, "/worker/complete", lease=first["lease"], results=[
-        {"id": i["id"], "embedding": vec(1.0), "tokens": 1} for i in first["items"]
-    ])
+    again = await post(
+        client,
+        "/worker/complete",
+        lease=first["lease"],
+        results=[{"id": i["id"], "embedding": vec(1.0), "tokens": 1} for i in first["items"]],
+    )
     assert again.status == 409
     body = await task_status(client, task_id)
     assert body["status"] == "completed"
@@ -124,10 +134,18 @@ async def test_worker_failures_retry_then_fail_and_bad_input_fails_alone(app_cli
     batch = await claim(client)
     good, bad = batch["items"]
     resp = await post(
-        client, "/worker/complete", lease=batch["lease"],
+        client,
+        "/worker/complete",
+        lease=batch["lease"],
         results=[{"id": good["id"], "embedding": vec(1.0), "tokens": 1}],
-        failures=[{"id": bad["id"], "error": "the input length exceeds the context length",
-                   "code": "input_rejected", "retry": False}],
+        failures=[
+            {
+                "id": bad["id"],
+                "error": "the input length exceeds the context length",
+                "code": "input_rejected",
+                "retry": False,
+            }
+        ],
     )
     assert resp.status == 200
     body = await task_status(client, task_id)
@@ -144,10 +162,19 @@ async def test_retryable_failure_goes_back_to_pending(app_client):
     client = await app_client(max_attempts=3)
     await submit(client, "x")
     batch = await claim(client)
-    await post(client, "/worker/complete", lease=batch["lease"], failures=[
-        {"id": batch["items"][0]["id"], "error": "ollama busy", "code": "backend_error",
-         "retry": True}
-    ])
+    await post(
+        client,
+        "/worker/complete",
+        lease=batch["lease"],
+        failures=[
+            {
+                "id": batch["items"][0]["id"],
+                "error": "ollama busy",
+                "code": "backend_error",
+                "retry": True,
+            }
+        ],
+    )
     again = await claim(client)
     assert [i["id"] for i in again["items"]] == [batch["items"][0]["id"]]
     assert again["items"][0]["attempts"] == 2
@@ -157,8 +184,9 @@ async def test_release_hands_back_without_counting_an_attempt(app_client):
     client = await app_client()
     await submit(client, ["a", "b"])
     batch = await claim(client)
-    resp = await post(client, "/worker/release", lease=batch["lease"],
-                      ids=[i["id"] for i in batch["items"]])
+    resp = await post(
+        client, "/worker/release", lease=batch["lease"], ids=[i["id"] for i in batch["items"]]
+    )
     assert sorted((await resp.json())["released"]) == sorted(i["id"] for i in batch["items"])
     again = await claim(client)
     assert [i["attempts"] for i in again["items"]] == [1, 1]
@@ -168,9 +196,12 @@ async def test_finished_tasks_are_pruned_after_result_ttl(app_client):
     client = await app_client(result_ttl=0.5)
     task_id = await submit(client, "x")
     batch = await claim(client)
-    await post(client, "/worker/complete", lease=batch["lease"], results=[
-        {"id": batch["items"][0]["id"], "embedding": vec(1.0), "tokens": 1}
-    ])
+    await post(
+        client,
+        "/worker/complete",
+        lease=batch["lease"],
+        results=[{"id": batch["items"][0]["id"], "embedding": vec(1.0), "tokens": 1}],
+    )
     assert (await task_status(client, task_id))["status"] == "completed"
     pending_id = await submit(client, "still waiting")
 
@@ -187,8 +218,9 @@ async def test_waiters_recover_when_the_listener_connection_is_killed(app_client
     client = await app_client(backstop_interval=30.0)
     app = client.server.app  # type: ignore[union-attr]
     request = asyncio.create_task(
-        client.post("/v1/embeddings", json={"model": "m", "input": "x", "wait_seconds": 20},
-                    headers=CLIENT)
+        client.post(
+            "/v1/embeddings", json={"model": "m", "input": "x", "wait_seconds": 20}, headers=CLIENT
+        )
     )
     batch = await claim(client, wait=5)
     listener = app[QUEUE].listener
@@ -199,9 +231,12 @@ async def test_waiters_recover_when_the_listener_connection_is_killed(app_client
         return listener.connected and listener.backend_pid not in (None, old_pid)
 
     await wait_until(reconnected)
-    await post(client, "/worker/complete", lease=batch["lease"], results=[
-        {"id": batch["items"][0]["id"], "embedding": vec(3.0), "tokens": 1}
-    ])
+    await post(
+        client,
+        "/worker/complete",
+        lease=batch["lease"],
+        results=[{"id": batch["items"][0]["id"], "embedding": vec(3.0), "tokens": 1}],
+    )
     answer = await asyncio.wait_for(request, 15)
     assert answer.status == 200
     assert (await answer.json())["data"][0]["embedding"] == [3.0]

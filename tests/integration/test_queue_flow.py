@@ -57,8 +57,11 @@ async def test_base64_is_little_endian_float32(app_client):
         )
     )
     batch = await claim(client, wait=5)
-    await complete(client, batch["lease"], [{"id": batch["items"][0]["id"],
-                                              "embedding": vec(0.25, -1.5), "tokens": 1}])
+    await complete(
+        client,
+        batch["lease"],
+        [{"id": batch["items"][0]["id"], "embedding": vec(0.25, -1.5), "tokens": 1}],
+    )
     body = await (await request).json()
     raw = base64.b64decode(body["data"][0]["embedding"])
     assert struct.unpack("<2f", raw) == (0.25, -1.5)
@@ -68,14 +71,18 @@ async def test_long_poll_returns_when_result_commits_not_on_a_timer(app_client):
     # A backstop of 20 s means only NOTIFY can wake the waiter quickly.
     client = await app_client(backstop_interval=20.0)
     request = asyncio.create_task(
-        client.post("/v1/embeddings", json={"model": "m", "input": "x", "wait_seconds": 25},
-                    headers=CLIENT)
+        client.post(
+            "/v1/embeddings", json={"model": "m", "input": "x", "wait_seconds": 25}, headers=CLIENT
+        )
     )
     batch = await claim(client, wait=5)
     await asyncio.sleep(0.3)
     started = time.monotonic()
-    await complete(client, batch["lease"], [{"id": batch["items"][0]["id"],
-                                              "embedding": vec(1.0), "tokens": 1}])
+    await complete(
+        client,
+        batch["lease"],
+        [{"id": batch["items"][0]["id"], "embedding": vec(1.0), "tokens": 1}],
+    )
     answer = await request
     assert answer.status == 200
     assert time.monotonic() - started < 5.0  # well under the 20 s backstop
@@ -87,8 +94,9 @@ async def test_worker_claim_long_polls_until_work_arrives(app_client):
     await asyncio.sleep(0.5)
     assert not claimer.done()
     started = time.monotonic()
-    await client.post("/v1/embeddings", json={"model": "m", "input": "x", "wait_seconds": 0},
-                      headers=CLIENT)
+    await client.post(
+        "/v1/embeddings", json={"model": "m", "input": "x", "wait_seconds": 0}, headers=CLIENT
+    )
     batch = await claimer
     assert [i["input"] for i in batch["items"]] == ["x"]
     assert time.monotonic() - started < 5.0
@@ -97,7 +105,8 @@ async def test_worker_claim_long_polls_until_work_arrives(app_client):
 async def test_wait_seconds_zero_returns_task_id_then_poll(app_client):
     client = await app_client()
     resp = await client.post(
-        "/v1/embeddings", json={"model": "m", "input": ["p", "q"], "wait_seconds": 0},
+        "/v1/embeddings",
+        json={"model": "m", "input": ["p", "q"], "wait_seconds": 0},
         headers=CLIENT,
     )
     assert resp.status == 202
@@ -109,9 +118,11 @@ async def test_wait_seconds_zero_returns_task_id_then_poll(app_client):
     batch = await claim(client)
     status = await (await client.get(f"/tasks/{task_id}", headers=CLIENT)).json()
     assert status["status"] == "processing"
-    await complete(client, batch["lease"], [
-        {"id": i["id"], "embedding": vec(1.0), "tokens": 1} for i in batch["items"]
-    ])
+    await complete(
+        client,
+        batch["lease"],
+        [{"id": i["id"], "embedding": vec(1.0), "tokens": 1} for i in batch["items"]],
+    )
     status = await (await client.get(f"/tasks/{task_id}", headers=CLIENT)).json()
     assert status["status"] == "completed"
     assert len(status["result"]["data"]) == 2
@@ -138,9 +149,11 @@ async def test_sdk_style_timeout_is_retryable_and_retry_attaches(app_client):
     retry = asyncio.create_task(client.post("/v1/embeddings", json=body, headers=CLIENT))
     batch = await claim(client, wait=5)
     assert len(batch["items"]) == 2
-    await complete(client, batch["lease"], [
-        {"id": i["id"], "embedding": vec(2.0), "tokens": 1} for i in batch["items"]
-    ])
+    await complete(
+        client,
+        batch["lease"],
+        [{"id": i["id"], "embedding": vec(2.0), "tokens": 1} for i in batch["items"]],
+    )
     answer = await retry
     assert answer.status == 200
     assert answer.headers["X-Embedq-Task"] == task_id
@@ -158,10 +171,14 @@ async def test_one_request_spreads_over_several_workers(app_client):
         batches.append(await claim(client, max_items=30, wait=5, worker=f"w{len(batches)}"))
     assert len(batches) == 4
     for batch in reversed(batches):  # complete out of order
-        await complete(client, batch["lease"], [
-            {"id": i["id"], "embedding": vec(float(texts.index(i["input"]))), "tokens": 1}
-            for i in batch["items"]
-        ])
+        await complete(
+            client,
+            batch["lease"],
+            [
+                {"id": i["id"], "embedding": vec(float(texts.index(i["input"]))), "tokens": 1}
+                for i in batch["items"]
+            ],
+        )
     body = await (await request).json()
     assert [d["embedding"][0] for d in body["data"]] == [float(i) for i in range(100)]
 
@@ -182,8 +199,9 @@ async def test_different_dimensions_never_share_a_batch(app_client):
 
 async def test_claim_takes_only_the_workers_models(app_client):
     client = await app_client()
-    await client.post("/v1/embeddings", json={"model": "other", "input": "x", "wait_seconds": 0},
-                      headers=CLIENT)
+    await client.post(
+        "/v1/embeddings", json={"model": "other", "input": "x", "wait_seconds": 0}, headers=CLIENT
+    )
     assert (await claim(client, models=["m"]))["items"] == []
     assert len((await claim(client, models=["other"]))["items"]) == 1
 
@@ -195,9 +213,7 @@ async def test_concurrent_claimers_never_get_the_same_item(app_client):
         json={"model": "m", "input": [f"x{i}" for i in range(500)], "wait_seconds": 0},
         headers=CLIENT,
     )
-    batches = await asyncio.gather(
-        *(claim(client, max_items=7, worker=f"w{n}") for n in range(40))
-    )
+    batches = await asyncio.gather(*(claim(client, max_items=7, worker=f"w{n}") for n in range(40)))
     ids = [i["id"] for b in batches for i in b["items"]]
     assert len(ids) == len(set(ids)) == 280
     assert all(len(b["items"]) == 7 for b in batches)
@@ -205,8 +221,9 @@ async def test_concurrent_claimers_never_get_the_same_item(app_client):
 
 async def test_late_or_duplicate_results_are_refused(app_client):
     client = await app_client()
-    await client.post("/v1/embeddings", json={"model": "m", "input": "x", "wait_seconds": 0},
-                      headers=CLIENT)
+    await client.post(
+        "/v1/embeddings", json={"model": "m", "input": "x", "wait_seconds": 0}, headers=CLIENT
+    )
     batch = await claim(client)
     result = [{"id": batch["items"][0]["id"], "embedding": vec(1.0), "tokens": 1}]
     assert (await complete(client, batch["lease"], result)).status == 200
