@@ -55,8 +55,8 @@ class DoubleState:
     pending: int = 0
     max_concurrent: int = 0  # most embedding calls in the double at once
     last_request: dict[str, Any] = field(default_factory=dict)
-    _waiting: int = 0
-    _gate: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _waiting: int = field(default=0, init=False)
+    _gate: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     def take_failure(self) -> int | None:
         """The status to fail this call with, when a failure was injected."""

@@ -191,7 +191,7 @@ async def test_one_dead_instance_does_not_stop_the_others(quick_backoff: None) -
             ]
             assert (await stats(alive))["calls"] == 6
             await control(dying, down=False)
-            await asyncio.sleep(0.3)  # past the rest: the instance is tried again
+            await asyncio.sleep(0.5)  # past the rest: the instance is tried again
             await asyncio.gather(*(backend.embed(MODEL, ["again"], None) for _ in range(4)))
             assert (await stats(dying))["calls"] > 0
         finally:
