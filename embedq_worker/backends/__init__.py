@@ -14,8 +14,9 @@ BACKENDS = ("ollama", "openai", "local", "zero")  # zero: benchmarks only (backe
 
 
 def parse_models(spec: str, default_backend: str) -> list[ModelSpec]:
-    """The models of a comma-separated spec. Only `ollama:`, `openai:` and `local:` are
-    backend prefixes, so Ollama names with a tag (`nomic-embed-text:latest`) stay whole."""
+    """The models of a comma-separated spec. Only backend names (`ollama:`, `openai:`,
+    `local:`, `zero:`) are prefixes, so Ollama names with a tag (`nomic-embed-text:latest`)
+    stay whole."""
     if default_backend not in BACKENDS:
         raise ValueError(f"unknown backend {default_backend!r}: use one of {', '.join(BACKENDS)}")
     specs: list[ModelSpec] = []
