@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from .auth import TokenSet
 from .listener import Listener
@@ -17,3 +18,4 @@ QUEUE = web.AppKey("queue", Queue)
 CLIENT_TOKENS = web.AppKey("client_tokens", TokenSet)
 WORKER_TOKENS = web.AppKey("worker_tokens", TokenSet)
 DATABASE_URL = web.AppKey("database_url", str)
+METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)

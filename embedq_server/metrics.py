@@ -10,14 +10,28 @@ never register a name twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hmac
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
+import asyncpg
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from .auth import presented_token
+from .sql import QUERIES
+
+# No module-level import of .keys: keys imports queue, and queue imports this module.
 
 # The *_created series double the output and no dashboard of ours reads them.
 disable_created_metrics()
 
-OUTCOMES = ("completed", "failed", "requeued", "expired", "released")
+OUTCOMES = ("completed", "failed", "requeued", "expired", "released", "cached")
 
 # Queue waits can be long (no worker for an hour); compute is usually sub-second.
 SECONDS_BUCKETS = (
@@ -96,3 +110,184 @@ def count_outcome(model: str, outcome: str, n: int) -> None:
         raise ValueError(f"unknown outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}")
     if n > 0:
         ITEMS.labels(model, outcome).inc(n)
+
+
+# -- per app: HTTP requests, the database's view of the queue, and GET /metrics -----------
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+QUEUE_STATES = ("pending", "processing", "completed", "failed")
+SNAPSHOT_TIMEOUT = 5.0  # seconds the scrape-time query may take
+METRICS_TOKEN_ENV = "METRICS_TOKEN"  # optional bearer token for /metrics; unset: token-free
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class QueueCollector(Collector):
+    """Gauges read from the database once per scrape: `refresh()` runs the one query (async),
+    then `collect()` (called synchronously by the exposition code) reports what it read."""
+
+    def __init__(self, app: web.Application) -> None:
+        from . import keys
+
+        self._app = app
+        self._keys = keys
+        self._snapshot: asyncpg.Record | None = None
+
+    async def refresh(self) -> None:
+        try:
+            self._snapshot = await self._app[self._keys.POOL].fetchrow(
+                QUERIES["metrics_snapshot"], timeout=SNAPSHOT_TIMEOUT
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            self._snapshot = None  # reported as embedq_database_up 0
+
+    def collect(self) -> Iterator[Metric]:
+        app, keys = self._app, self._keys
+        up = GaugeMetricFamily("embedq_database_up", "1 if the last scrape could read the queue.")
+        up.add_metric([], 1 if self._snapshot is not None else 0)
+        yield up
+        listener = GaugeMetricFamily(
+            "embedq_listener_up", "1 while the LISTEN connection is connected."
+        )
+        connected = keys.LISTENER in app and app[keys.LISTENER].connected
+        listener.add_metric([], 1 if connected else 0)
+        yield listener
+        if keys.POOL in app:
+            pool = app[keys.POOL]
+            size, idle = pool.get_size(), pool.get_idle_size()
+            conns = GaugeMetricFamily(
+                "embedq_db_pool_connections", "Open pool connections by use.", labels=["state"]
+            )
+            conns.add_metric(["idle"], idle)
+            conns.add_metric(["busy"], size - idle)
+            yield conns
+            limit = GaugeMetricFamily("embedq_db_pool_max", "The pool's connection limit.")
+            limit.add_metric([], pool.get_max_size())
+            yield limit
+        if self._snapshot is not None:
+            yield from self._queue_metrics(self._snapshot)
+
+    def _queue_metrics(self, snap: asyncpg.Record) -> Iterator[Metric]:
+        rows = json.loads(snap["queue"])
+        model_workers: dict[str, int] = json.loads(snap["model_workers"])
+        counts: dict[tuple[str, str], int] = {(r["model"], r["state"]): r["items"] for r in rows}
+        models = sorted({model for model, _ in counts} | set(model_workers))
+        items = GaugeMetricFamily(
+            "embedq_queue_items",
+            "Inputs in the queue by model and state.",
+            labels=["model", "state"],
+        )
+        oldest = GaugeMetricFamily(
+            "embedq_queue_oldest_pending_seconds",
+            "Age of the oldest pending input, by model (0: none pending).",
+            labels=["model"],
+        )
+        workers = GaugeMetricFamily(
+            "embedq_model_workers_live",
+            "Live workers serving each model (0 with inputs queued: nobody will compute them).",
+            labels=["model"],
+        )
+        ages = {r["model"]: r["oldest_pending_seconds"] for r in rows if r["state"] == "pending"}
+        for model in models:
+            for state in QUEUE_STATES:  # every state, so a drained one reads 0, not stale
+                items.add_metric([model, state], counts.get((model, state), 0))
+            oldest.add_metric([model], ages.get(model) or 0.0)
+            workers.add_metric([model], model_workers.get(model, 0))
+        live = GaugeMetricFamily("embedq_workers_live", "Workers seen within the last 60 s.")
+        live.add_metric([], snap["live_workers"])
+        yield from (items, oldest, workers, live)
+
+
+def _route(request: web.Request) -> str:
+    """The route's pattern (/tasks/{task_id}), never the raw path: bounded label values."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def setup(app: web.Application, *, token: str | None = None) -> None:
+    """Give `app` its registry, the request-counting middleware (outermost, so it sees the
+    final status), GET /metrics and GET /ready. `token` (default: $METRICS_TOKEN) makes
+    /metrics require `Authorization: Bearer <token>`; without one it is token-free, as
+    Prometheus scrapers expect, and it shows counts and model names, never texts."""
+    from .keys import METRICS_REGISTRY
+
+    registry = CollectorRegistry(auto_describe=True)
+    for metric in (ITEMS, QUEUE_WAIT, COMPUTE, END_TO_END, BATCH_SIZE):
+        registry.register(metric)
+    requests = Counter(
+        "embedq_http_requests",
+        "HTTP requests answered, by method, route pattern and status.",
+        ["method", "route", "status"],
+        registry=registry,
+    )
+    durations = Histogram(
+        "embedq_http_request_duration_seconds",
+        "Time to answer, by route pattern (long polls included).",
+        ["route"],
+        buckets=SECONDS_BUCKETS,
+        registry=registry,
+    )
+    collector = QueueCollector(app)
+    registry.register(collector)
+    app[METRICS_REGISTRY] = registry
+    token = token if token is not None else os.environ.get(METRICS_TOKEN_ENV) or None
+
+    @web.middleware
+    async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            route = _route(request)
+            method = request.method if request.method in _METHODS else "OTHER"
+            requests.labels(method, route, str(status)).inc()
+            durations.labels(route).observe(time.monotonic() - started)
+
+    async def metrics(request: web.Request) -> web.Response:
+        if token is not None and not _token_ok(request, token):
+            return web.Response(
+                status=401, text="metrics token required\n", headers={"WWW-Authenticate": "Bearer"}
+            )
+        await collector.refresh()
+        # The text format, or OpenMetrics when the scraper asks for it.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(registry), headers={"Content-Type": content_type})
+
+    app.middlewares.insert(0, count_requests)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/ready", ready)
+
+
+def _token_ok(request: web.Request, token: str) -> bool:
+    presented = presented_token(request) or ""
+    return hmac.compare_digest(presented.encode(), token.encode())
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness for load balancers and orchestrators: 200 only while the database answers,
+    the LISTEN connection is up (without it long polls only wake on the backstop timer) and
+    the server is not shutting down. Token-free, like /health; reveals nothing private."""
+    from .keys import LISTENER, POOL, QUEUE
+
+    app = request.app
+    try:
+        await app[POOL].fetchval("SELECT 1", timeout=2)
+        database = True
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        database = False
+    listener = app[LISTENER].connected
+    stopping = app[QUEUE].closing
+    ok = database and listener and not stopping
+    body = {
+        "status": "ready" if ok else "unavailable",
+        "database": "up" if database else "down",
+        "listener": "up" if listener else "down",
+        "stopping": stopping,
+    }
+    return web.json_response(body, status=200 if ok else 503)
