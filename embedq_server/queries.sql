@@ -1,15 +1,39 @@
 -- submit_task --
--- Insert a task and all its inputs in one statement, and wake the claimers of its model.
-WITH task AS (
-    INSERT INTO embedq_task (id, owner, fingerprint, model, dimensions, n_inputs, remaining)
-    VALUES ($1, $2, $3, $4, $5, cardinality($6::text[]), cardinality($6::text[]))
+-- Insert a task and all its inputs in one statement. Inputs found in the result cache
+-- ($7: the cache scope, NULL when the cache is off) are stored completed at once; if any
+-- input is left, the claimers of the model are woken. Returns the number of cache hits.
+WITH inputs AS (
+    SELECT u.ord - 1 AS idx, u.input
+    FROM unnest($6::text[]) WITH ORDINALITY AS u(input, ord)
+), hits AS MATERIALIZED (
+    SELECT i.idx, c.vector, c.tokens, c.model_revision
+    FROM inputs i
+    JOIN embedq_cache c
+      ON c.scope = $7 AND c.model = $4 AND c.dimensions = $5
+     AND c.text_hash = sha256(convert_to(i.input, 'UTF8'))
+    LEFT JOIN embedq_model m ON m.model = $4
+    WHERE $7 IS NOT NULL AND c.model_revision IS NOT DISTINCT FROM m.revision
+), counted AS (
+    SELECT count(*)::integer AS n FROM hits
+), task AS (
+    INSERT INTO embedq_task (id, owner, fingerprint, model, dimensions, n_inputs, remaining,
+                             finished_at)
+    SELECT $1, $2, $3, $4, $5, cardinality($6::text[]), cardinality($6::text[]) - counted.n,
+           CASE WHEN counted.n = cardinality($6::text[]) THEN now() END
+    FROM counted
     RETURNING id
 ), items AS (
-    INSERT INTO embedq_item (task_id, idx, model, dimensions, input)
-    SELECT $1, u.ord - 1, $4, $5, u.input
-    FROM unnest($6::text[]) WITH ORDINALITY AS u(input, ord)
+    INSERT INTO embedq_item (task_id, idx, model, dimensions, input, state, vector, tokens,
+                             model_revision, completed_at)
+    SELECT $1, i.idx, $4, $5, i.input,
+           CASE WHEN h.idx IS NULL THEN 'pending' ELSE 'completed' END,
+           h.vector, h.tokens, h.model_revision,
+           CASE WHEN h.idx IS NOT NULL THEN now() END
+    FROM inputs i LEFT JOIN hits h ON h.idx = i.idx
 )
-SELECT pg_notify('embedq_work', $4) FROM task;
+SELECT counted.n AS hits,
+       CASE WHEN counted.n < cardinality($6::text[]) THEN pg_notify('embedq_work', $4) END
+FROM counted;
 
 -- find_attachable_task --
 -- An identical request by the same client that has not failed: a retry attaches to it.
@@ -101,10 +125,34 @@ WITH results AS (
         completed_at = now()
     FROM results r
     WHERE i.id = r.id AND i.state = 'processing' AND i.lease_token = $1
-    RETURNING i.id, i.task_id
+    RETURNING i.id, i.task_id, i.model, i.dimensions, i.input, i.vector, i.tokens,
+              i.created_at, i.claimed_at
+), cached AS (
+    INSERT INTO embedq_cache (scope, model, dimensions, text_hash, vector, tokens,
+                              model_revision)
+    SELECT DISTINCT ON (scope, model, dimensions, text_hash) *
+    FROM (
+        SELECT CASE WHEN $6 = 'global' THEN '' ELSE t.owner END AS scope,
+               d.model, d.dimensions, sha256(convert_to(d.input, 'UTF8')) AS text_hash,
+               d.vector, d.tokens, $5::text
+        FROM done d JOIN embedq_task t ON t.id = d.task_id
+        WHERE $6 <> 'off'
+    ) c
+    ON CONFLICT (scope, model, dimensions, text_hash) DO UPDATE
+    SET vector = excluded.vector, tokens = excluded.tokens,
+        model_revision = excluded.model_revision, created_at = now()
+    WHERE embedq_cache.model_revision IS DISTINCT FROM excluded.model_revision
 )
 SELECT coalesce(array_agg(id), '{}') AS ids,
-       embedq_settle(array_agg(task_id), array_agg(false), array_agg(NULL::text), array_agg(NULL::text)) AS woken
+       coalesce(array_agg(extract(epoch FROM claimed_at - created_at)::float8), '{}')
+           AS queue_waits,
+       coalesce(array_agg(extract(epoch FROM clock_timestamp() - claimed_at)::float8), '{}')
+           AS computes,
+       coalesce(array_agg(extract(epoch FROM clock_timestamp() - created_at)::float8), '{}')
+           AS totals,
+       min(model) AS model,
+       embedq_settle(array_agg(task_id), array_agg(false), array_agg(NULL::text),
+                     array_agg(NULL::text)) AS woken
 FROM done;
 
 -- fail_items --
@@ -136,6 +184,9 @@ WITH reports AS (
     FROM (SELECT DISTINCT model FROM changed WHERE state = 'pending') m
 )
 SELECT coalesce(array_agg(id), '{}') AS ids,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state = 'pending') AS requeued,
+       min(model) AS model,
        (SELECT woken FROM settled) AS woken,
        (SELECT count(*) FROM requeued) AS requeued_models
 FROM changed;
@@ -205,6 +256,22 @@ WITH old AS (
     FOR UPDATE SKIP LOCKED
 )
 DELETE FROM embedq_task t USING old WHERE t.id = old.id;
+
+-- set_model_revision --
+-- Record the revision a model is now computed with; cached vectors of other revisions stop
+-- being served.
+INSERT INTO embedq_model (model, revision, updated_at) VALUES ($1, $2, now())
+ON CONFLICT (model) DO UPDATE SET revision = excluded.revision, updated_at = now()
+WHERE embedq_model.revision IS DISTINCT FROM excluded.revision;
+
+-- prune_cache --
+-- Cache retention: delete up to $2 stored results older than $1 seconds.
+DELETE FROM embedq_cache
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM embedq_cache
+    WHERE created_at < now() - make_interval(secs => $1)
+    LIMIT $2
+));
 
 -- touch_worker --
 -- A worker says who it is; the server counts it alive while it keeps saying so.

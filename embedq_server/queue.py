@@ -18,9 +18,10 @@ from datetime import datetime
 
 import asyncpg
 
+from . import metrics
 from .listener import Listener
 from .outage import DATABASE_DOWN, TaskUnreachable
-from .settings import Settings
+from .settings import MAINTENANCE_BATCH, Settings
 from .sql import QUERIES
 
 log = logging.getLogger("embedq.queue")
@@ -122,6 +123,7 @@ class Queue:
         self._pending_count = 0
         self._pending_checked = 0.0
         self._worker_touched: dict[str, float] = {}
+        self._revisions: dict[str, str | None] = {}
         self.closing = False
 
     def close(self) -> None:
@@ -149,11 +151,24 @@ class Queue:
         if existing is not None:
             return str(existing), True
         task_id = uuid.uuid4()
-        await self.pool.execute(
-            QUERIES["submit_task"], task_id, owner, print_, model, dimensions, list(inputs)
+        hits = await self.pool.fetchval(
+            QUERIES["submit_task"],
+            task_id,
+            owner,
+            print_,
+            model,
+            dimensions,
+            list(inputs),
+            self._cache_scope(owner),
         )
-        self._pending_count += len(inputs)
+        if hits:
+            metrics.count_outcome(model, "cached", hits)
+        self._pending_count += len(inputs) - hits
         return str(task_id), False
+
+    def _cache_scope(self, owner: str) -> str | None:
+        mode = self.settings.cache
+        return None if mode == "off" else "" if mode == "global" else owner
 
     async def get_task(self, task_id: str) -> Task | None:
         row = await self.pool.fetchrow(QUERIES["get_task"], uuid.UUID(task_id))
@@ -228,6 +243,7 @@ class Queue:
             )
             if rows:
                 items = sorted((_claimed(r) for r in rows), key=lambda i: i.id)
+                metrics.observe_claim(items[0].model, len(items))
                 return Claim(str(lease), items)
             left = deadline - loop.time()
             if left <= 0 or self.closing:
@@ -266,8 +282,14 @@ class Queue:
                     [r[1] for r in results],
                     [r[2] for r in results],
                     model_revision,
+                    self.settings.cache,
                 )
                 done = list(row["ids"])
+                if done:
+                    await self._note_revision(conn, row["model"], model_revision)
+                    metrics.observe_completed(
+                        row["model"], row["queue_waits"], row["computes"], row["totals"]
+                    )
             if failures:
                 row = await conn.fetchrow(
                     QUERIES["fail_items"],
@@ -279,10 +301,22 @@ class Queue:
                     [f.code for f in failures],
                 )
                 failed = list(row["ids"])
+                if failed:
+                    metrics.count_outcome(row["model"], "failed", row["failed"])
+                    metrics.count_outcome(row["model"], "requeued", row["requeued"])
         return done, failed
+
+    async def _note_revision(
+        self, conn: asyncpg.Connection, model: str, revision: str | None
+    ) -> None:
+        """Remember the revision a model is computed with (once per change per process)."""
+        if self._revisions.get(model, "?") != revision:
+            await conn.execute(QUERIES["set_model_revision"], model, revision)
+            self._revisions[model] = revision
 
     async def release(self, lease: str, ids: Sequence[int]) -> list[int]:
         row = await self.pool.fetchrow(QUERIES["release_items"], uuid.UUID(lease), list(ids))
+        metrics.count_outcome("*", "released", len(row["ids"]))
         return list(row["ids"])
 
     async def live_models(self) -> list[str]:
@@ -302,11 +336,18 @@ class Queue:
             if not await conn.fetchval(QUERIES["try_maintenance_lock"]):
                 return stats
             row = await conn.fetchrow(
-                QUERIES["expire_leases"], 1000, self.settings.max_attempts
+                QUERIES["expire_leases"], MAINTENANCE_BATCH, self.settings.max_attempts
             )
             stats["requeued"], stats["failed"] = row["requeued"], row["failed"]
-            pruned = await conn.execute(QUERIES["prune_finished"], self.settings.result_ttl, 1000)
+            pruned = await conn.execute(
+                QUERIES["prune_finished"], self.settings.result_ttl, MAINTENANCE_BATCH
+            )
             stats["pruned"] = int(pruned.split()[-1])
+            await conn.execute(QUERIES["prune_cache"], self.settings.cache_ttl, MAINTENANCE_BATCH)
+        if stats["requeued"]:
+            metrics.count_outcome("*", "requeued", stats["requeued"])
+        if stats["failed"]:
+            metrics.count_outcome("*", "expired", stats["failed"])
         if stats["requeued"] or stats["failed"] or stats["pruned"]:
             log.info(
                 "maintenance requeued=%d failed=%d pruned=%d",

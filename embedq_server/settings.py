@@ -37,6 +37,8 @@ POOL_MIN = 2
 POOL_MAX = 10
 SHUTDOWN_GRACE = 30.0  # seconds in-flight requests get to finish after SIGTERM
 WORKER_ALIVE = 60.0  # seconds since a worker's last call before it counts as gone
+CACHE_MODES = ("owner", "global", "off")
+CACHE_TTL = 86400.0  # seconds stored results for repeated texts are kept
 SAMPLE_TOKENS = frozenset({"change-me", "sk-embedq-change-me", "worker-change-me"})
 
 
@@ -125,10 +127,24 @@ class Settings:
         default=SHUTDOWN_GRACE,
         metadata={"env": "SHUTDOWN_GRACE", "help": "seconds to drain on SIGTERM"},
     )
-    log_format: str = field(
-        default="text", metadata={"env": "LOG_FORMAT", "help": "text or json"}
+    cache: str = field(
+        default="owner",
+        metadata={
+            "env": "CACHE",
+            "help": "answer repeated texts from stored results: owner (per client token), "
+            "global (across clients) or off",
+        },
     )
+    cache_ttl: float = field(
+        default=CACHE_TTL,
+        metadata={"env": "CACHE_TTL", "help": "seconds stored results are kept"},
+    )
+    log_format: str = field(default="text", metadata={"env": "LOG_FORMAT", "help": "text or json"})
     log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL", "help": "log level"})
+
+    def __post_init__(self) -> None:
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"CACHE must be one of {', '.join(CACHE_MODES)}, not {self.cache!r}")
 
     @property
     def embedded(self) -> bool:
