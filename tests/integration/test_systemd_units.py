@@ -9,9 +9,15 @@ systemd.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -248,3 +254,73 @@ def test_env_examples_document_every_variable(example: str, names: str) -> None:
         assert re.search(rf"^#{name}=", text, re.MULTILINE), f"{example}: no #{name}= line"
     # Examples are all comments: a copied file changes nothing until edited.
     assert all(not line or line.startswith("#") for line in text.splitlines())
+
+
+def receive(manager: socket.socket, process: subprocess.Popen[bytes], within: float) -> str:
+    """The next datagram; fail at once if the process died instead of waiting it out."""
+    deadline = time.monotonic() + within
+    manager.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            return manager.recv(4096).decode()
+        except TimeoutError:
+            assert process.poll() is None, f"exited with {process.returncode}"
+    raise AssertionError(f"nothing from the server within {within} s")
+
+
+def test_server_speaks_the_notify_protocol_the_unit_expects(tmp_path: Path) -> None:
+    """Type=notify + WatchdogSec against the real server: READY=1 only once the port
+    listens, WATCHDOG=1 pings while the database answers, STOPPING=1 on SIGTERM."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    state_dir = Path(tempfile.mkdtemp(prefix="eqsd"))  # short: Unix socket paths <108 bytes
+    notify_path = str(state_dir / "notify")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "SERVER_HOST", "AUTH_TOKEN", "WORKER_TOKEN", "WATCHDOG_PID"}
+    }
+    env |= {
+        "NOTIFY_SOCKET": notify_path,
+        "WATCHDOG_USEC": "1000000",  # pings every 0.5 s
+        "EMBEDQ_DATA_DIR": str(state_dir / "data"),
+        "SERVER_PORT": str(port),
+    }
+    log_path = state_dir / "server.log"  # a file, not a pipe: a full pipe would block it
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager,
+        log_path.open("w") as log,
+    ):
+        manager.bind(notify_path)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "embedq_server.cli", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            # The first start runs initdb and the migrations.
+            assert receive(manager, server, within=90) == "READY=1"
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+            pings = [receive(manager, server, within=5) for _ in range(2)]
+            assert pings == ["WATCHDOG=1", "WATCHDOG=1"]
+
+            server.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while (state := receive(manager, server, within=10)) != "STOPPING=1":
+                assert state == "WATCHDOG=1" and time.monotonic() < deadline, state
+            assert server.wait(timeout=60) == 0
+        except (AssertionError, OSError, subprocess.TimeoutExpired) as exc:
+            log.flush()
+            server_log = log_path.read_text()[-4000:]
+            raise AssertionError(f"{exc!r}\n--- server log ---\n{server_log}") from exc
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+    output = log_path.read_text()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    assert "sd_notify failed" not in output, output
