@@ -229,7 +229,7 @@ def throughput_chart(rows: Sequence[asyncpg.Record]) -> str:
         return '<p id="throughput" class="muted">Nothing completed in the last hour.</p>'
     peak = max(max(values) for values in series.values()) or 1
     width, height, pad = CHART_WIDTH, CHART_HEIGHT, CHART_PAD
-    plot_w, plot_h, top = width - pad - 10, height - 40, 10
+    plot_w, plot_h, top = width - pad - 10, height - 50, 10  # room below: axis, legend
     parts = [
         f'<svg id="throughput" xmlns="http://www.w3.org/2000/svg" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" role="img">'
