@@ -1,0 +1,334 @@
+"""`python -m bench.run`: embedq's benchmark in one run (`make bench`).
+
+Starts PostgreSQL (embedded, or DATABASE_URL's server), the server, the GPU-like Ollama
+double and workers, then measures, with one load generator process: the double called
+directly against the same load through embedq (idle latency, 32 and 256 clients, 100-text
+requests), repeated texts, 50 ms of round trip between worker and server, the zero-cost
+backend (the queue's own ceiling) and a soak for memory. Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .load import Spec
+from .measure import LoadProcess
+from .procs import REPO_ROOT, CpuMeter, rss_kb
+from .scenarios import GPU, RTT, SOAK_SCENARIO, ZERO, Scenario, ceiling, judge
+from .stack import (
+    CLIENT_TOKEN,
+    DIM,
+    FIXED_MS,
+    GPU_MODEL,
+    PER_TEXT_MS,
+    ZERO_MODEL,
+    Stack,
+    running_stack,
+)
+
+DEFAULT_JSON = REPO_ROOT / "bench" / "results.json"
+DURATION = 6.0  # seconds measured per scenario
+WARMUP = 1.0  # seconds before each measurement
+SOAK = 20.0  # seconds of the default soak
+SOAK_SAMPLE = 2.0  # seconds between RSS samples
+RTT_MS = 50.0  # worker <-> server round trip in the RTT scenarios
+REPEAT_TEXTS = 500  # texts sent twice in the repeated-texts scenario (a multiple of 100)
+REPEAT_CLIENTS = 32
+
+
+def worker_batch_size() -> int:
+    """BATCH_SIZE as the worker will read it (the environment, or its default)."""
+    from embedq_worker.settings import WorkerSettings
+
+    return WorkerSettings.from_env().batch_size
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    code = ("embedq_server", "embedq_worker", "migrations")
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", *code).splitlines()]
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_start": os.getloadavg()[0],
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_changes": dirty,
+    }
+
+
+def _double(stack: Stack, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    assert stack.double is not None
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        stack.double.url + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        result: dict[str, Any] = json.loads(resp.read())
+        return result
+
+
+class Bench:
+    def __init__(self, stack: Stack, args: argparse.Namespace, batch: int) -> None:
+        self.stack = stack
+        self.args = args
+        self.batch = batch
+        self.run_id = uuid.uuid4().hex[:8]
+        self.load = LoadProcess()
+        self.results: dict[str, Any] = {}
+
+    def meter(self) -> CpuMeter:
+        s = self.stack
+        groups = {
+            "server": [s.server.pid] if s.server else [],
+            "worker": [w.pid for w in s.workers.values()],
+            "double": [s.double.pid] if s.double else [],
+            "load": [self.load.pid],
+            "proxy": [s.proxy.pid] if s.proxy else [],
+        }
+        return CpuMeter(groups, postgres_marker=s.postgres_marker)
+
+    def spec(self, sc: Scenario, **over: Any) -> Spec:
+        assert self.stack.server is not None and self.stack.double is not None
+        base = self.stack.server.url + "/v1/embeddings"
+        values: dict[str, Any] = {
+            "url": self.stack.double.url + "/api/embed" if sc.via == "direct" else base,
+            "kind": "ollama" if sc.via == "direct" else "embedq",
+            "model": ZERO_MODEL if sc.via == "zero" else GPU_MODEL,
+            "clients": sc.clients,
+            "texts": sc.texts,
+            "duration": self.args.duration,
+            "warmup": self.args.warmup,
+            "prefix": f"{sc.name}-{self.run_id}",
+            "dim": DIM,
+            "token": CLIENT_TOKEN,
+        }
+        values.update(over)
+        return Spec(**values)
+
+    def scenario(self, sc: Scenario) -> dict[str, Any]:
+        gpu = sc.via != "zero"
+        if gpu:
+            _double(self.stack, "/_control", {"reset_stats": True})
+        result, cpu = self.load.run(self.spec(sc), self.meter())
+        result.pop("spec", None)
+        n = sc.ceiling_n(self.batch)
+        entry: dict[str, Any] = {
+            "via": sc.via,
+            "clients": sc.clients,
+            "texts_per_request": sc.texts,
+            **result,
+            "ceiling_n": n,
+            "ceiling": round(ceiling(n), 1) if n else None,
+            "ceiling_pct": round(100 * result["tps"] / ceiling(n), 1) if n else None,
+            "cpu": cpu,
+            "loadavg": round(os.getloadavg()[0], 2),
+        }
+        if gpu:
+            stats = _double(self.stack, "/_stats")
+            sizes = stats.get("batch_sizes") or []
+            entry["mean_batch"] = round(sum(sizes) / len(sizes), 1) if sizes else None
+            entry["double_calls"] = stats.get("calls")
+        self.results[sc.name] = entry
+        print(
+            f"  {sc.name:<12} {entry['tps']:>9,.1f} texts/s  p50 {entry['p50_ms']:.1f} ms  "
+            f"p99 {entry['p99_ms']:.1f} ms  errors {entry['errors']}"
+            + (f"  {entry['ceiling_pct']:.0f}% of ceiling({n})" if n else ""),
+            flush=True,
+        )
+        return entry
+
+    def repeat(self) -> dict[str, Any]:
+        """Send a set of texts, then the same again (single texts, then 100-text requests):
+        how many the worker computes again, and how much faster the second pass is."""
+        total = 100 if self.args.quick else REPEAT_TEXTS
+        prefix = f"repeat-{self.run_id}"
+        passes: dict[str, Any] = {}
+        plan = [
+            ("first", 1, REPEAT_CLIENTS),
+            ("again", 1, REPEAT_CLIENTS),
+            ("again as 100-text requests", 100, total // 100),
+        ]
+        for name, per, clients in plan:
+            sc = Scenario(name, "embedq", clients, per)
+            _double(self.stack, "/_control", {"reset_stats": True})
+            spec = self.spec(sc, prefix=prefix, total=total // per, warmup=0.0, duration=0.0)
+            result, _cpu = self.load.run(spec, self.meter())
+            computed = int(_double(self.stack, "/_stats")["texts"])
+            passes[name] = {
+                "seconds": result["seconds"],
+                "errors": result["errors"],
+                "computed": computed,
+                "hit_rate_pct": round(100 * (1 - computed / total), 1),
+            }
+        return {"texts": total, "clients": REPEAT_CLIENTS, "passes": passes}
+
+    def soak(self, seconds: float) -> dict[str, Any]:
+        """Zero-cost single-text load for `seconds`; RSS of the server and worker sampled at
+        every progress line, growth fitted per request after the first third (warm-up)."""
+        assert self.stack.server is not None
+        pids = {"server": self.stack.server.pid, "worker": self.stack.workers["zero"].pid}
+        points: list[tuple[int, dict[str, int]]] = []
+
+        def sample(count: int) -> None:
+            points.append((count, {name: rss_kb(pid) for name, pid in pids.items()}))
+
+        every = min(SOAK_SAMPLE, max(seconds / 6, 0.25))
+        spec = self.spec(
+            SOAK_SCENARIO, duration=seconds, progress=every, prefix=f"soak-{self.run_id}"
+        )
+        result, cpu = self.load.run(spec, self.meter(), on_progress=sample)
+        steady = points[len(points) // 3 :]
+        growth = {name: _slope_per_1000(steady, name) for name in pids}
+        return {
+            "seconds": seconds,
+            "requests": result["requests"],
+            "rps": result["rps"],
+            "errors": result["errors"],
+            "samples": len(points),
+            "rss_kib": {name: [p[1][name] for p in points] for name in pids},
+            "requests_at_sample": [p[0] for p in points],
+            "kib_per_1000_requests": growth,
+            "cpu": cpu,
+        }
+
+    def run(self) -> dict[str, Any]:
+        quick = self.args.quick
+        stack = self.stack
+        try:
+            print("GPU-like double, one worker on loopback:", flush=True)
+            stack.start_worker("gpu")
+            for sc in GPU:
+                if sc.quick or not quick:
+                    self.scenario(sc)
+            repeat = self.repeat()
+            print(report.repeat_lines(repeat), flush=True)
+            stack.stop_worker("gpu")
+
+            print(f"GPU-like double, the worker {RTT_MS:.0f} ms of round trip away:", flush=True)
+            proxy = stack.start_proxy(RTT_MS / 2)
+            stack.start_worker("rtt", server_url=proxy.url)
+            for sc in RTT:
+                if sc.quick or not quick:
+                    self.scenario(sc)
+            stack.stop_worker("rtt")
+            stack.stop_proxy()
+
+            print("zero-cost backend:", flush=True)
+            stack.start_worker("zero", EMBEDDING_MODEL=f"zero:{ZERO_MODEL}")
+            for sc in ZERO:
+                self.scenario(sc)
+            soak = self.soak(self.args.soak) if self.args.soak > 0 else None
+            print(report.soak_lines(soak), flush=True)
+            stack.stop_worker("zero")
+        finally:
+            self.load.close()
+        return {"scenarios": self.results, "repeat": repeat, "soak": soak}
+
+
+def _slope_per_1000(points: list[tuple[int, dict[str, int]]], name: str) -> float | None:
+    """Least-squares KiB per 1,000 requests of one process's RSS."""
+    xs = [float(p[0]) for p in points]
+    ys = [float(p[1][name]) for p in points]
+    if len(xs) < 3 or max(xs) == min(xs):
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+    return round(slope * 1000, 2)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter scenarios")
+    parser.add_argument("--duration", type=float, help=f"seconds per scenario [{DURATION:g}]")
+    parser.add_argument("--warmup", type=float, help=f"seconds of warm-up [{WARMUP:g}]")
+    parser.add_argument("--soak", type=float, help=f"seconds of soak, 0: none [{SOAK:g}]")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    parser.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a PostgreSQL setting for the bench database (ALTER DATABASE), e.g. "
+        "synchronous_commit=off; repeatable",
+    )
+    args = parser.parse_args(argv)
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else DURATION
+    if args.warmup is None:
+        args.warmup = min(WARMUP, args.duration / 3) if args.quick else WARMUP
+    if args.soak is None:
+        args.soak = args.duration if args.quick else SOAK
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    pg_settings = dict(s.split("=", 1) for s in args.pg_setting)
+    batch = worker_batch_size()
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "config": {
+            "quick": args.quick,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "soak": args.soak,
+            "batch_size": batch,
+            "double": {"dim": DIM, "fixed_ms": FIXED_MS, "per_text_ms": PER_TEXT_MS},
+            "rtt_ms": RTT_MS,
+            "pg_settings": pg_settings,
+            "database": "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded",
+        },
+    }
+    print(
+        f"embedq bench: {results['machine']['nproc']} cores, {results['machine']['cpu']}, "
+        f"Python {results['machine']['python']}, batch size {batch}, load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    with running_stack(pg_settings) as stack:
+        results |= Bench(stack, args, batch).run()
+    results["targets"] = judge(results)
+    results["machine"]["loadavg_end"] = os.getloadavg()[0]
+    results["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    print()
+    print(report.scenario_table(results["scenarios"]))
+    print()
+    print(report.repeat_lines(results["repeat"]))
+    print(report.soak_lines(results["soak"]))
+    print()
+    print(report.target_table(results["targets"]))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten {args.json} in {results['elapsed_seconds']:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""What a run measures and against what: the scenarios, the GPU-like double's ceilings, and
+the targets of the "Fast" issue, each judged as a ratio within one run (so a slow or busy
+machine moves both sides of a comparison alike)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .stack import FIXED_MS, PER_TEXT_MS
+
+FLAT_KIB_PER_1000 = 50.0  # soak: RSS growth per 1,000 requests still called flat (~50 B each)
+
+
+def ceiling(n: int) -> float:
+    """Texts/s the double can give with n texts in flight: it computes one call at a time,
+    and a call of n texts costs FIXED_MS + PER_TEXT_MS * n."""
+    return n * 1000.0 / (FIXED_MS + PER_TEXT_MS * n)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    via: str  # "direct": the double itself; "embedq": GPU worker; "rtt": it, 50 ms away; "zero"
+    clients: int
+    texts: int = 1  # per request
+    quick: bool = True  # part of --quick
+
+    def ceiling_n(self, batch_size: int) -> int | None:
+        """Texts in flight the ceiling is taken at: clients x texts, capped at the worker's
+        batch size (embedq never sends a bigger call). Direct scenarios use the cap of their
+        embedq twin, so the two read side by side. None: no GPU (zero-cost)."""
+        if self.via == "zero":
+            return None
+        return min(self.clients * self.texts, batch_size)
+
+
+GPU = [
+    Scenario("idle-direct", "direct", 1),
+    Scenario("idle", "embedq", 1),
+    Scenario("c32-direct", "direct", 32),
+    Scenario("c32", "embedq", 32),
+    Scenario("c256-direct", "direct", 256, quick=False),
+    Scenario("c256", "embedq", 256),
+    Scenario("t100-direct", "direct", 8, 100, quick=False),
+    Scenario("t100", "embedq", 8, 100),
+]
+RTT = [
+    Scenario("c256-rtt", "rtt", 256),
+    Scenario("c32-rtt", "rtt", 32, quick=False),
+]
+ZERO = [
+    Scenario("zero-1", "zero", 64),
+    Scenario("zero-100", "zero", 16, 100),
+]
+SOAK_SCENARIO = Scenario("soak", "zero", 64)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    unit: str
+    limit: float
+    at_least: bool  # True: measured >= limit passes; False: measured <= limit passes
+    measure: Callable[[dict[str, Any]], float]
+
+
+def _get(results: dict[str, Any], scenario: str, key: str) -> float:
+    entry = results["scenarios"].get(scenario)
+    return float(entry[key]) if entry and entry.get(key) is not None else math.nan
+
+
+def _soak_growth(results: dict[str, Any]) -> float:
+    growth = (results.get("soak") or {}).get("kib_per_1000_requests") or {}
+    values = [v for v in growth.values() if v is not None]
+    return max(values) if values else math.nan
+
+
+TARGETS = [
+    Target(
+        "idle p50: embedq - direct", "ms", 3.0, False,
+        lambda r: _get(r, "idle", "p50_ms") - _get(r, "idle-direct", "p50_ms"),
+    ),
+    Target("32 clients: share of ceiling(32)", "%", 75.0, True,
+           lambda r: _get(r, "c32", "ceiling_pct")),
+    Target("32 clients direct: share of ceiling(32)", "%", 15.0, False,
+           lambda r: _get(r, "c32-direct", "ceiling_pct")),
+    Target("256 clients: share of ceiling(batch)", "%", 75.0, True,
+           lambda r: _get(r, "c256", "ceiling_pct")),
+    Target("zero-cost single-text requests/s", "req/s", 2000.0, True,
+           lambda r: _get(r, "zero-1", "rps")),
+    Target("zero-cost texts/s in 100-text requests", "texts/s", 10000.0, True,
+           lambda r: _get(r, "zero-100", "tps")),
+    Target(
+        "50 ms RTT, 256 clients: share of loopback", "%", 90.0, True,
+        lambda r: 100 * _get(r, "c256-rtt", "tps") / _get(r, "c256", "tps"),
+    ),
+    Target("soak: RSS growth per 1,000 requests (worst)", "KiB", FLAT_KIB_PER_1000, False,
+           _soak_growth),
+]  # fmt: skip
+
+
+def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target with its measured value and whether it is met (None: not measured)."""
+    out = []
+    for t in TARGETS:
+        value = t.measure(results)
+        met = None if math.isnan(value) else (value >= t.limit if t.at_least else value <= t.limit)
+        out.append(
+            {
+                "target": t.name,
+                "limit": f"{'>=' if t.at_least else '<='} {t.limit:g} {t.unit}",
+                "measured": None if math.isnan(value) else round(value, 2),
+                "unit": t.unit,
+                "met": met,
+            }
+        )
+    return out

@@ -1,0 +1,188 @@
+"""The system under test, started for one benchmark run: a database of its own (on
+DATABASE_URL's server, or an embedded PostgreSQL), the real `embedq-server` and
+`embedq-worker` processes, the GPU-like Ollama double, and the delaying proxy on demand."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from .procs import Child, spawn, wait_for_log, wait_healthy, wait_listening
+
+CLIENT_TOKEN = "bench-client-token"
+WORKER_TOKEN = "bench-worker-token"
+GPU_MODEL = "nomic-embed-text"  # served by the Ollama double
+ZERO_MODEL = "bench-zero"  # served by the zero-cost backend
+DIM = 768  # the double's and the zero backend's vector size
+FIXED_MS = 5.0  # the double's cost per call ...
+PER_TEXT_MS = 0.5  # ... and per text in the call
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """DATABASE_URL's server, or an embedded PostgreSQL in a temporary directory."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    from embedq_server.database import embedded_postgres
+
+    with tempfile.TemporaryDirectory(prefix="embedq-bench-pg-") as tmp:
+        os.chmod(tmp, 0o755)  # the embedded server runs as an unprivileged user under root
+        with embedded_postgres(Path(tmp)) as url:
+            yield url
+
+
+@contextlib.contextmanager
+def bench_database(server_url: str, settings: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A fresh database with the schema, dropped afterwards, so runs never see each other.
+    `settings` (e.g. synchronous_commit=off) apply to every session on it, to try a
+    PostgreSQL setting without touching embedq's code."""
+    import psycopg
+    from psycopg import sql
+
+    from embedq_server.database import apply_migrations
+
+    name = "embedq_bench_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+        for key, value in (settings or {}).items():
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                    sql.Identifier(name), sql.Identifier(key), sql.Literal(value)
+                )
+            )
+    url = _with_database(server_url, name)
+    try:
+        apply_migrations(url)
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@dataclass
+class Stack:
+    """The running processes; workers and the proxy come and go between scenarios."""
+
+    db_url: str
+    postgres_marker: str = ""  # the embedded cluster's directory, to find its processes
+    server: Child | None = None
+    double: Child | None = None
+    proxy: Child | None = None
+    workers: dict[str, Child] = field(default_factory=dict)
+
+    def start_server(self, **env: str) -> Child:
+        port = free_port()
+        self.server = spawn(
+            "server",
+            "embedq_server.cli",
+            ["serve"],
+            {
+                "DATABASE_URL": self.db_url,
+                "SERVER_HOST": "127.0.0.1",
+                "SERVER_PORT": str(port),
+                "AUTH_TOKEN": CLIENT_TOKEN,
+                "WORKER_TOKEN": WORKER_TOKEN,
+                **env,
+            },
+        )
+        wait_healthy(self.server, f"http://127.0.0.1:{port}")
+        return self.server
+
+    def start_double(self) -> Child:
+        self.double = spawn(
+            "ollama-double",
+            "tests.doubles.ollama",
+            [
+                "--port", "0",
+                "--dim", str(DIM),
+                "--fixed-ms", str(FIXED_MS),
+                "--per-text-ms", str(PER_TEXT_MS),
+            ],
+        )  # fmt: skip
+        wait_listening(self.double)
+        return self.double
+
+    def start_worker(self, name: str, *, server_url: str | None = None, **env: str) -> Child:
+        """A worker; by default the GPU-like one (Ollama double), or e.g.
+        EMBEDDING_MODEL="zero:bench-zero" for the zero-cost backend."""
+        assert self.server is not None and self.double is not None
+        child = spawn(
+            f"worker-{name}",
+            "embedq_worker.cli",
+            env={
+                "SERVER_URL": server_url or self.server.url,
+                "WORKER_TOKEN": WORKER_TOKEN,
+                "WORKER_NAME": f"bench-{name}",
+                "OLLAMA_URL": self.double.url,
+                "EMBEDDING_MODEL": GPU_MODEL,
+                "ZERO_DIM": str(DIM),
+                **env,
+            },
+        )
+        wait_for_log(child, "embedq-worker ")
+        self.workers[name] = child
+        return child
+
+    def stop_worker(self, name: str) -> None:
+        child = self.workers.pop(name, None)
+        if child is not None:
+            child.stop()
+
+    def start_proxy(self, delay_ms: float) -> Child:
+        assert self.server is not None
+        target = self.server.url.removeprefix("http://")
+        args = ["--target", target, "--delay-ms", str(delay_ms)]
+        self.proxy = spawn("proxy", "bench.proxy", args)
+        wait_listening(self.proxy)
+        return self.proxy
+
+    def stop_proxy(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
+
+    def stop(self) -> None:
+        """Workers first (they post what they hold), then the rest."""
+        for name in list(self.workers):
+            self.stop_worker(name)
+        self.stop_proxy()
+        for child in (self.server, self.double):
+            if child is not None:
+                child.stop()
+
+    def children(self) -> list[Child]:
+        found = [c for c in (self.server, self.double, self.proxy) if c is not None]
+        return found + list(self.workers.values())
+
+
+@contextlib.contextmanager
+def running_stack(pg_settings: Mapping[str, str] | None = None) -> Iterator[Stack]:
+    """PostgreSQL, a bench database, the server and the double; stopped in reverse."""
+    with postgres_server() as pg_url, bench_database(pg_url, pg_settings) as db_url:
+        host = parse_qs(urlsplit(db_url).query).get("host", [""])[0]  # embedded: its socket dir
+        stack = Stack(db_url, postgres_marker=host)
+        try:
+            stack.start_double()
+            stack.start_server()
+            yield stack
+        finally:
+            stack.stop()
