@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, sdnotify
+from . import metrics as worker_metrics
 from .backends import build_backends, parse_models
 from .backends.base import Backend, BackendError
 from .runner import Runner, run_until_signal
@@ -67,9 +68,16 @@ async def start_backends(settings: WorkerSettings) -> dict[str, Backend]:
 
 async def amain(settings: WorkerSettings) -> int:
     try:
+        metrics = worker_metrics.start(settings.metrics_port)  # None: METRICS_PORT=0
+    except OSError as exc:
+        log.error("cannot serve metrics port=%d error=%s", settings.metrics_port, exc)
+        return 2
+    try:
         backends = await start_backends(settings)
     except (BackendError, ValueError, ImportError) as exc:
         log.error("cannot start: %s", exc)
+        if metrics is not None:
+            metrics.stop()
         return 2
     kinds = sorted({b.name for b in backends.values()})
     log.info(
@@ -89,7 +97,11 @@ async def amain(settings: WorkerSettings) -> int:
             models=sorted(backends),
             backend=",".join(kinds),
         ) as client:
-            runner = Runner(settings, client, backends)
+            runner = Runner(
+                settings, client, backends, on_batch=metrics.on_batch if metrics else None
+            )
+            if metrics is not None:
+                metrics.watch(runner.stats)
 
             async def started() -> None:
                 sdnotify.ready()
@@ -99,6 +111,8 @@ async def amain(settings: WorkerSettings) -> int:
     finally:
         for backend in {id(b): b for b in backends.values()}.values():
             await backend.close()
+        if metrics is not None:
+            metrics.stop()
     return 0
 
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import socket
+import urllib.request
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from embedq_server import metrics
 from embedq_server.keys import LISTENER, POOL, QUEUE
-from tests.helpers import CLIENT
-from tests.integration.test_ops_views import seed_queue
+from embedq_worker import cli as worker_cli
+from embedq_worker import metrics as worker_metrics
+from embedq_worker.settings import WorkerSettings
+from tests.conftest import free_port
+from tests.helpers import CLIENT, WORKER_TOKEN
+from tests.integration.test_ops_views import seed_queue, submit
 
 
 async def scrape(
@@ -126,3 +133,49 @@ async def test_database_down_is_reported_not_raised(app_client):
     samples = await scrape(client)
     assert sample(samples, "embedq_database_up") == 0
     assert not any(name == "embedq_queue_items" for name, _ in samples)
+
+
+async def test_worker_cli_serves_metrics_on_metrics_port(app_client, monkeypatch):
+    """embedq-worker with METRICS_PORT: the batches it computes show on its own /metrics."""
+    client = await app_client()
+    await submit(client, "zm", ["a", "b", "c"])
+    started: list[worker_metrics.WorkerMetrics] = []
+    scraped: list[str] = []
+    real_start = worker_metrics.start
+
+    def start(port: int) -> worker_metrics.WorkerMetrics | None:
+        wm = real_start(port)
+        assert wm is not None
+        started.append(wm)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            scraped.append(resp.read().decode())
+        return wm
+
+    monkeypatch.setattr(worker_metrics, "start", start)
+    port = free_port()
+    settings = WorkerSettings(
+        server_url=str(client.make_url("")).rstrip("/"),
+        worker_token=WORKER_TOKEN,
+        models="zm",
+        backend="zero",
+        name="metrics-worker",
+        burst=True,
+        metrics_port=port,
+    )
+    assert await worker_cli.amain(settings) == 0
+    assert "embedq_worker_batches_total" in scraped[0]  # it served while running
+    registry = started[0].registry
+    assert registry.get_sample_value("embedq_worker_inputs_total", {"model": "zm"}) == 3
+    assert registry.get_sample_value("embedq_worker_backend_seconds_count", {"model": "zm"}) >= 1
+    assert registry.get_sample_value("embedq_worker_empty_claims_total") >= 1
+    async with aiohttp.ClientSession() as session:  # stopped with the worker
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(f"http://127.0.0.1:{port}/metrics")
+
+
+async def test_worker_cli_exits_2_when_the_metrics_port_is_taken(app_client):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        settings = WorkerSettings(backend="zero", models="zm", metrics_port=taken.getsockname()[1])
+        assert await worker_cli.amain(settings) == 2
