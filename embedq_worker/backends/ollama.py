@@ -158,7 +158,7 @@ class OllamaBackend:
             return EmbedResult(vectors=[], tokens=[], model_revision=self._digests.get(model))
         tried: set[_Instance] = set()
         last_error: BackendError | None = None
-        while (inst := self._pick(model, tried)) is not None:
+        while (inst := self._pick(model, tried) or self._soonest_back(model, tried)) is not None:
             tried.add(inst)
             inst.in_flight += 1
             try:
@@ -192,6 +192,15 @@ class OllamaBackend:
             return None
         self._turn = (self._turn + 1) % count
         return min(candidates, key=lambda inst: inst.in_flight)
+
+    def _soonest_back(self, model: str, tried: set[_Instance]) -> _Instance | None:
+        """When every instance is resting, try the one due back first rather than failing
+        without a call: the runner's own backoff paces these retries."""
+        if tried:
+            return None
+        now = time.monotonic()
+        resting = [inst for inst in self._instances if inst.may_have(model, now)]
+        return min(resting, key=lambda inst: inst.down_until, default=None)
 
     def _no_instance_error(self, model: str, last_error: BackendError | None) -> BackendError:
         """Why no instance could serve: a missing model only when no instance may have it."""

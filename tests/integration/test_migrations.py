@@ -73,7 +73,9 @@ def test_two_servers_migrating_at_once_apply_each_migration_once(empty_db: str) 
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     assert applied(empty_db) == expected_ids()
     # Each migration was applied by exactly one of them.
-    applied_lines = [line for out in outputs for line in out.splitlines() if "Applying 0001" in line]
+    applied_lines = [
+        line for out in outputs for line in out.splitlines() if "Applying 0001" in line
+    ]
     assert len(applied_lines) == 1, outputs
 
 

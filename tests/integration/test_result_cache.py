@@ -17,7 +17,8 @@ def vec(x: float) -> str:
 
 async def submit(client: TestClient, inputs: list[str], headers: Any = CLIENT) -> Any:
     resp = await client.post(
-        "/v1/embeddings", json={"model": "m", "input": inputs, "wait_seconds": 0},
+        "/v1/embeddings",
+        json={"model": "m", "input": inputs, "wait_seconds": 0},
         headers=headers,
     )
     return resp.status, await resp.json()
@@ -27,9 +28,15 @@ async def compute_all(client: TestClient, revision: str | None = None) -> list[s
     batch = await claim(client)
     await client.post(
         "/worker/complete",
-        json={"worker": "w", "lease": batch["lease"], "model_revision": revision,
-              "results": [{"id": i["id"], "embedding": vec(float(len(i["input"]))), "tokens": 3}
-                          for i in batch["items"]]},
+        json={
+            "worker": "w",
+            "lease": batch["lease"],
+            "model_revision": revision,
+            "results": [
+                {"id": i["id"], "embedding": vec(float(len(i["input"]))), "tokens": 3}
+                for i in batch["items"]
+            ],
+        },
         headers=WORKER,
     )
     return [i["input"] for i in batch["items"]]
