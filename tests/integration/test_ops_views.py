@@ -63,20 +63,21 @@ async def post_results(
     assert resp.status == 200, await resp.text()
 
 
-async def seed_queue(client: TestClient) -> Seeded:
-    """A queue in every state, through the API: pending, processing, completed, failed."""
-    processing = await submit(client, "m-a", ["held"])
-    batch = await claim(client, ["m-a"], max_items=1, worker="w1")
+async def seed_queue(client: TestClient, a: str = "m-a", b: str = "m-b") -> Seeded:
+    """A queue in every state, through the API: pending, processing, completed, failed.
+    Model `a` has the pending and processing inputs, model `b` the completed and failed."""
+    processing = await submit(client, a, ["held"])
+    batch = await claim(client, [a], max_items=1, worker="w1")
     assert len(batch["items"]) == 1
-    pending = await submit(client, "m-a", ["a0", "a1", "a2"])
+    pending = await submit(client, a, ["a0", "a1", "a2"])
 
-    half_failed = await submit(client, "m-b", ["b0", "b1"])
-    batch = await claim(client, ["m-b"], worker="w2")
+    half_failed = await submit(client, b, ["b0", "b1"])
+    batch = await claim(client, [b], worker="w2")
     first, second = (item["id"] for item in batch["items"])
     await post_results(client, "w2", batch["lease"], [first], [(second, "boom-b")])
 
-    failed = await submit(client, "m-b", ["c0", "c1"])
-    batch = await claim(client, ["m-b"], worker="w2")
+    failed = await submit(client, b, ["c0", "c1"])
+    batch = await claim(client, [b], worker="w2")
     ids = [item["id"] for item in batch["items"]]
     await post_results(client, "w2", batch["lease"], [], [(ids[0], "boom-c0"), (ids[1], "boom-c1")])
     return Seeded(pending, processing, half_failed, failed)
