@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import metrics, openai_api, sdnotify, status_page, tasks_api, worker_api
+from . import metrics, openai_api, openapi, sdnotify, status_page, tasks_api, worker_api
 from .auth import TokenSet
 from .database import create_pool
 from .errors import error_middleware
@@ -105,6 +105,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     metrics.setup(app)  # /metrics, /ready, and request counts (its middleware goes first)
     status_page.setup(app)
     openai_api.setup(app)
+    openapi.setup(app)
     tasks_api.setup(app)
     worker_api.setup(app)
     return app

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger("embedq.http")
 
@@ -81,9 +82,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        message = exc.reason if exc.status != 404 else f"no route {request.method} {request.path}"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        if exc.status == 404:
+            message = f"no route {request.method} {request.path}"
+        elif exc.status == 405 and headers:
+            message = f"{request.method} is not allowed on {request.path}; use {headers['Allow']}"
+        else:
+            message = exc.reason
         return error_response(ApiError(exc.status, message, headers=headers))
+    except HttpProcessingError as exc:  # a body that breaks HTTP's own framing
+        return error_response(ApiError(400, f"malformed request: {exc.message}"))
     except Exception:
         log.exception("unhandled error method=%s path=%s", request.method, request.path)
         return error_response(ApiError(500, "internal server error", code="internal_error"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,9 @@ from .vectors import to_floats
 
 RETRY_AFTER_PENDING = 1  # seconds an SDK should wait before retrying a pending request
 RETRY_AFTER_BUSY = 5  # seconds to wait when the queue is full
+MAX_DIMENSIONS = 65_536  # beyond any real model; keeps the value inside PostgreSQL's integer
+MAX_MODEL_CHARS = 256  # a model name also travels in NOTIFY payloads (8,000 bytes at most)
+JSON_TYPES = ("application/json",)  # and any "+json" media type
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,19 +37,64 @@ class EmbeddingRequest:
     explicit_wait: bool
 
 
+def json_type(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (for error messages)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def as_int(value: Any) -> int | None:
+    """An integer, as JSON (and JSON Schema) count them: 3 and 3.0 alike, never true/false."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return as_int(value) is not None
+
+
+def check_text(text: str, what: str, param: str) -> None:
+    """Refuse text PostgreSQL cannot store: NUL characters, and lone surrogates (JSON's
+    "\\ud800" escapes decode to them, but they are not Unicode text and have no UTF-8)."""
+    if "\x00" in text:
+        raise ApiError(
+            400,
+            f"{what} contains a NUL character (\\u0000), which cannot be stored; "
+            "remove it or replace it before sending",
+            param=param,
+            code="invalid_text",
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(
+            400,
+            f"{what} contains a lone surrogate ({text[exc.start]!a} at character {exc.start}), "
+            "which is not valid Unicode text; send well-formed UTF-8",
+            param=param,
+            code="invalid_text",
+        ) from None
 
 
 def _token_input(ids: list[Any], position: str) -> str:
     if not ids:
         raise ApiError(400, f"input{position} is an empty token array", param="input")
     if not all(_is_int(t) for t in ids):
-        raise ApiError(
-            400, f"input{position} mixes token ids with other types", param="input"
-        )
+        raise ApiError(400, f"input{position} mixes token ids with other types", param="input")
     try:
-        return tokens.decode(ids)
+        return tokens.decode([int(t) for t in ids])
     except tokens.UnknownToken as exc:
         raise ApiError(400, f"input{position}: {exc}", param="input") from None
 
@@ -82,7 +131,7 @@ def parse_inputs(raw: Any, settings: Settings) -> list[str]:
     else:
         raise ApiError(
             400,
-            f"input must be a string or an array, not {type(raw).__name__}",
+            f"input must be a string or an array, not {json_type(raw)}",
             param="input",
         )
     total = 0
@@ -97,6 +146,7 @@ def parse_inputs(raw: Any, settings: Settings) -> list[str]:
                 param="input",
                 code="input_too_long",
             )
+        check_text(text, f"input[{i}]", "input")
         total += len(text)
     if total > settings.max_total_chars:
         raise ApiError(
@@ -111,34 +161,45 @@ def parse_inputs(raw: Any, settings: Settings) -> list[str]:
 
 def parse_request(body: Any, settings: Settings) -> EmbeddingRequest:
     if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", param=None)
+        raise ApiError(
+            400, f"the request body must be a JSON object, not {json_type(body)}", param=None
+        )
     inputs = parse_inputs(body.get("input"), settings)
     model = body.get("model", settings.default_model)
     if model is None:
         model = settings.default_model
     if not isinstance(model, str) or not model.strip():
         raise ApiError(400, "model must be a non-empty string", param="model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise ApiError(
+            400, f"model must be at most {MAX_MODEL_CHARS} characters long", param="model"
+        )
+    check_text(model, "model", "model")
     fmt = body.get("encoding_format", "float")
     if fmt is None:
         fmt = "float"
     if fmt not in ("float", "base64"):
+        raise ApiError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
+    raw_dims = body.get("dimensions")
+    dims = as_int(raw_dims)
+    if raw_dims is not None and (dims is None or not 1 <= dims <= MAX_DIMENSIONS):
         raise ApiError(
-            400, "encoding_format must be 'float' or 'base64'", param="encoding_format"
+            400, f"dimensions must be an integer from 1 to {MAX_DIMENSIONS}", param="dimensions"
         )
-    dims = body.get("dimensions")
-    if dims is not None and (not _is_int(dims) or dims < 1):
-        raise ApiError(400, "dimensions must be an integer >= 1", param="dimensions")
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise ApiError(400, "user must be a string", param="user")
-    explicit = "wait_seconds" in body
-    wait = body.get("wait_seconds", settings.default_wait)
-    if explicit and (not _is_int(wait) or wait < 0 or wait > settings.max_wait):
-        raise ApiError(
-            400,
-            f"wait_seconds must be an integer from 0 to {settings.max_wait:g}",
-            param="wait_seconds",
-        )
+    explicit = body.get("wait_seconds") is not None  # null: the server's default
+    wait = settings.default_wait
+    if explicit:
+        asked = as_int(body["wait_seconds"])
+        if asked is None or not 0 <= asked <= settings.max_wait:
+            raise ApiError(
+                400,
+                f"wait_seconds must be an integer from 0 to {settings.max_wait:g}",
+                param="wait_seconds",
+            )
+        wait = asked
     return EmbeddingRequest(
         inputs=inputs,
         model=model.strip(),
@@ -149,16 +210,51 @@ def parse_request(body: Any, settings: Settings) -> EmbeddingRequest:
     )
 
 
+class _BadNumber(ValueError):
+    pass
+
+
+def _not_json_number(token: str) -> Any:
+    raise _BadNumber(f"{token} is not a JSON number")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):  # 1e999: beyond a double, no longer a number we can use
+        raise _BadNumber(f"the number {token[:20]} is out of range")
+    return value
+
+
 async def read_json(request: web.Request) -> Any:
+    """The body as JSON (RFC 8259: UTF-8, finite numbers), or a 4xx naming what is wrong."""
+    if "Content-Type" in request.headers:  # none at all is taken as JSON
+        mime = request.content_type
+        if mime not in JSON_TYPES and not mime.endswith("+json"):
+            raise ApiError(
+                415,
+                f"the request body must be JSON sent as 'Content-Type: application/json', "
+                f"not {mime!r}",
+                code="unsupported_media_type",
+            )
     raw = await request.read()
     try:
         text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "the request body is not valid UTF-8", param=None) from None
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400, f"the request body is not valid UTF-8 (byte {exc.start})", param=None
+        ) from None
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        raise ApiError(400, "the request body is not valid JSON", param=None) from None
+        return json.loads(text, parse_constant=_not_json_number, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400, f"the request body is not valid JSON: {exc.msg} at character {exc.pos}"
+        ) from None
+    except RecursionError:
+        raise ApiError(400, "the request body is not valid JSON: nested too deeply") from None
+    except _BadNumber as exc:  # NaN, Infinity, 1e999
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except ValueError:  # Python refuses to convert integers of over 4,300 digits
+        raise ApiError(400, "the request body is not valid JSON: a number is too long") from None
 
 
 def embeddings_body(task: Task, rows: list[Any], encoding_format: str) -> dict[str, Any]:
@@ -213,9 +309,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
             headers={"Retry-After": str(RETRY_AFTER_BUSY)},
         )
     started = time.monotonic()
-    task_id, _attached = await queue.submit(
-        owner_of(token), req.model, req.dimensions, req.inputs
-    )
+    task_id, _attached = await queue.submit(owner_of(token), req.model, req.dimensions, req.inputs)
     task = await queue.wait(task_id, req.wait_seconds)
     if task is None:  # pruned between submit and read: only with a tiny RESULT_TTL
         raise ApiError(503, f"task {task_id} vanished; retry", code="task_vanished")

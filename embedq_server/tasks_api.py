@@ -28,7 +28,9 @@ async def _own_task(request: web.Request) -> Task:
     try:
         task_id = str(uuid.UUID(raw))
     except ValueError:
-        raise ApiError(404, f"no task {raw}", param="task_id", code="task_not_found") from None
+        raise ApiError(
+            404, f"no task {raw[:100]}", param="task_id", code="task_not_found"
+        ) from None
     task = await request.app[QUEUE].get_task(task_id)
     if task is None or task.owner != owner_of(token):
         raise ApiError(404, f"no task {task_id}", param="task_id", code="task_not_found")
@@ -38,16 +40,15 @@ async def _own_task(request: web.Request) -> Task:
 def _format(request: web.Request) -> str:
     fmt = request.query.get("encoding_format", "float")
     if fmt not in ("float", "base64"):
-        raise ApiError(
-            400, "encoding_format must be 'float' or 'base64'", param="encoding_format"
-        )
+        raise ApiError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
     return fmt
 
 
 def _wait(request: web.Request) -> float:
     raw = request.query.get("wait_seconds", "0")
     limit = request.app[SETTINGS].max_wait
-    if not raw.isdigit() or int(raw) > limit:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or int(raw) > limit:
         raise ApiError(
             400, f"wait_seconds must be an integer from 0 to {limit:g}", param="wait_seconds"
         )
@@ -62,8 +63,9 @@ async def _maybe_wait(request: web.Request, task: Task) -> Task:
 
 
 async def get_task(request: web.Request) -> web.Response:
+    task = await _own_task(request)  # the token first: a stranger learns nothing more
     fmt = _format(request)
-    task = await _maybe_wait(request, await _own_task(request))
+    task = await _maybe_wait(request, task)
     queue = request.app[QUEUE]
     states = await queue.item_states(task.id)
     status = task.status
@@ -92,8 +94,9 @@ async def get_task(request: web.Request) -> web.Response:
 
 
 async def get_result(request: web.Request) -> web.Response:
+    task = await _own_task(request)  # the token first: a stranger learns nothing more
     fmt = _format(request)
-    task = await _maybe_wait(request, await _own_task(request))
+    task = await _maybe_wait(request, task)
     if task.done:
         return await answer(request, task, fmt)
     return web.json_response(

@@ -12,12 +12,31 @@ from aiohttp import web
 from .auth import require
 from .errors import ApiError
 from .keys import QUEUE, SETTINGS, WORKER_TOKENS
-from .openai_api import read_json
+from .openai_api import as_int, check_text, json_type, read_json
 from .queue import Failure, WorkerInfo
 
 FAILURE_CODES = frozenset(
     {"input_rejected", "model_not_found", "backend_error", "dimensions_unsupported"}
 )
+
+
+MAX_ID = 2**63 - 1  # item ids are PostgreSQL bigints
+MAX_TOKENS = 2**31 - 1  # token counts are PostgreSQL integers
+MAX_NAME_CHARS = 200  # worker names and the other short labels a worker sends
+
+_KINDS = {
+    str: "a string",
+    list: "an array",
+    int: "an integer",
+    dict: "an object",
+    bool: "a boolean",
+}
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    if kind == (int, float):
+        return "a number"
+    return _KINDS.get(kind, "something else") if isinstance(kind, type) else "something else"
 
 
 def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], **kw: Any) -> Any:
@@ -26,22 +45,43 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], **kw:
             return kw["default"]
         raise ApiError(400, f"{name} is required", param=name)
     value = body[name]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise ApiError(400, f"{name} has the wrong type", param=name)
+    if kind is int and as_int(value) is not None:
+        return as_int(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ApiError(
+            400, f"{name} must be {_kind_name(kind)}, not {json_type(value)}", param=name
+        )
     return value
+
+
+def _id(value: Any) -> int | None:
+    """An item id (a positive bigint), or None."""
+    number = as_int(value)
+    return number if number is not None and 1 <= number <= MAX_ID else None
+
+
+def _storable(text: str) -> str:
+    """Free text from a worker (error messages, versions), made storable by PostgreSQL:
+    a backend's odd message must not cost the batch its results."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 async def _body(request: web.Request) -> tuple[dict[str, Any], WorkerInfo]:
     require(request, request.app[WORKER_TOKENS], "worker")
     body = await read_json(request)
     if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
+        raise ApiError(400, f"the request body must be a JSON object, not {json_type(body)}")
     name = _field(body, "worker", str)
+    if not name.strip():
+        raise ApiError(400, "worker must name the worker", param="worker")
+    check_text(name, "worker", "worker")
     models = _field(body, "models", list, default=[])
-    if not all(isinstance(m, str) for m in models):
-        raise ApiError(400, "models must be strings", param="models")
+    if not all(isinstance(m, str) and m for m in models):
+        raise ApiError(400, "models must be non-empty strings", param="models")
+    for m in models:
+        check_text(m, "models", "models")
     info = WorkerInfo(
-        name=name[:200],
+        name=name[:MAX_NAME_CHARS],
         version=_opt_str(body, "version"),
         models=tuple(models),
         backend=_opt_str(body, "backend"),
@@ -52,7 +92,11 @@ async def _body(request: web.Request) -> tuple[dict[str, Any], WorkerInfo]:
 
 def _opt_str(body: dict[str, Any], name: str) -> str | None:
     value = body.get(name)
-    return value[:200] if isinstance(value, str) else None
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string or null, not {json_type(value)}", param=name)
+    return _storable(value[:MAX_NAME_CHARS])
 
 
 def _lease(body: dict[str, Any]) -> str:
@@ -70,8 +114,10 @@ async def claim(request: web.Request) -> web.Response:
     max_items = _field(body, "max_items", int, default=32)
     wait = _field(body, "wait_seconds", (int, float), default=0)
     settings = request.app[SETTINGS]
-    if max_items < 1 or wait < 0:
-        raise ApiError(400, "max_items must be >= 1 and wait_seconds >= 0")
+    if max_items < 1:
+        raise ApiError(400, "max_items must be at least 1", param="max_items")
+    if wait < 0:
+        raise ApiError(400, "wait_seconds must be at least 0", param="wait_seconds")
     result = await request.app[QUEUE].claim(
         info, info.models, max_items, min(float(wait), settings.claim_wait)
     )
@@ -102,17 +148,26 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 def _results(body: dict[str, Any]) -> list[tuple[int, bytes, int]]:
-    out = []
+    out: list[tuple[int, bytes, int]] = []
     for entry in _field(body, "results", list, default=[]):
         if not isinstance(entry, dict):
             raise ApiError(400, "each result must be an object", param="results")
-        item_id, b64, tokens = entry.get("id"), entry.get("embedding"), entry.get("tokens", 0)
-        if not isinstance(item_id, int) or not isinstance(b64, str) or not isinstance(tokens, int):
-            raise ApiError(400, "a result needs id, embedding (base64) and tokens", param="results")
+        item_id, b64, raw_tokens = _id(entry.get("id")), entry.get("embedding"), entry.get("tokens")
+        if item_id is None or not isinstance(b64, str):
+            raise ApiError(
+                400, "each result needs an item id and its embedding (base64)", param="results"
+            )
+        tokens = 0 if raw_tokens is None else as_int(raw_tokens)
+        if tokens is None:
+            raise ApiError(400, f"result {item_id}: tokens must be an integer", param="results")
+        if not 0 <= tokens <= MAX_TOKENS:
+            raise ApiError(400, f"result {item_id}: tokens is out of range", param="results")
         try:
             vector = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
-            raise ApiError(400, f"result {item_id}: embedding is not base64", param="results") from None
+            raise ApiError(
+                400, f"result {item_id}: embedding is not base64", param="results"
+            ) from None
         if not vector or len(vector) % 4:
             raise ApiError(400, f"result {item_id}: not float32 bytes", param="results")
         out.append((item_id, vector, tokens))
@@ -122,19 +177,20 @@ def _results(body: dict[str, Any]) -> list[tuple[int, bytes, int]]:
 def _failures(body: dict[str, Any]) -> list[Failure]:
     out = []
     for entry in _field(body, "failures", list, default=[]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int):
-            raise ApiError(400, "each failure needs an id", param="failures")
-        code = entry.get("code", "backend_error")
-        if code not in FAILURE_CODES:
+        item_id = _id(entry.get("id")) if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or item_id is None:
+            raise ApiError(400, "each failure needs an item id", param="failures")
+        code = entry.get("code")
+        if not isinstance(code, str) or code not in FAILURE_CODES:
             code = "backend_error"
-        out.append(
-            Failure(
-                id=entry["id"],
-                error=str(entry.get("error") or "the worker could not compute it")[:2000],
-                code=code,
-                retry=bool(entry.get("retry", False)),
-            )
-        )
+        retry = entry.get("retry")
+        retry = False if retry is None else retry
+        if not isinstance(retry, bool):
+            raise ApiError(400, f"failure {item_id}: retry must be a boolean", param="failures")
+        error = entry.get("error")
+        if not isinstance(error, str) or not error:
+            error = "the worker could not compute it"
+        out.append(Failure(id=item_id, error=_storable(error[:2000]), code=code, retry=retry))
     return out
 
 
@@ -167,10 +223,11 @@ async def complete(request: web.Request) -> web.Response:
 
 async def release(request: web.Request) -> web.Response:
     body, _info = await _body(request)
-    ids = _field(body, "ids", list)
-    if not all(isinstance(i, int) for i in ids):
-        raise ApiError(400, "ids must be integers", param="ids")
-    released = await request.app[QUEUE].release(_lease(body), ids)
+    ids = [_id(i) for i in _field(body, "ids", list)]
+    valid = [i for i in ids if i is not None]
+    if len(valid) < len(ids):
+        raise ApiError(400, "ids must be item ids (positive integers)", param="ids")
+    released = await request.app[QUEUE].release(_lease(body), valid)
     return web.json_response({"released": released})
 
 
