@@ -34,10 +34,12 @@ def scenario_table(scenarios: dict[str, dict[str, Any]]) -> str:
     header = [
         "scenario", "via", "clients", "texts/req", "req/s", "texts/s", "ceiling", "% ceil",
         "p50 ms", "p99 ms", "errors", "batch", "cpu% " + "/".join(c[:3] for c in CPU_COLUMNS),
+        "cpu ms/req srv/pg/wrk",
     ]  # fmt: skip
     rows = []
     for name, r in scenarios.items():
         cpu = r.get("cpu") or {}
+        per = r.get("cpu_ms_per_request") or {}
         rows.append(
             [
                 name,
@@ -53,6 +55,7 @@ def scenario_table(scenarios: dict[str, dict[str, Any]]) -> str:
                 _fmt(r["errors"]),
                 _fmt(r.get("mean_batch")),
                 "/".join(f"{cpu.get(c, 0):.0f}" for c in CPU_COLUMNS),
+                "/".join(_fmt(per.get(c), 2) for c in ("server", "postgres", "worker")),
             ]
         )
     return _table(header, rows)

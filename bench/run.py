@@ -46,6 +46,7 @@ SOAK_SAMPLE = 2.0  # seconds between RSS samples
 RTT_MS = 50.0  # worker <-> server round trip in the RTT scenarios
 REPEAT_TEXTS = 500  # texts sent twice in the repeated-texts scenario (a multiple of 100)
 REPEAT_CLIENTS = 32
+ORPHAN_WAIT = 2.0  # seconds to see a stopped worker's claim take the throwaway input
 
 
 def worker_batch_size() -> int:
@@ -79,15 +80,21 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _double(stack: Stack, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    assert stack.double is not None
+def _http(url: str, body: dict[str, Any] | None = None, token: str = "") -> dict[str, Any]:
+    """One small JSON call (POST with a body, else GET), outside any measurement."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        stack.double.url + path, data=data, headers={"Content-Type": "application/json"}
-    )
+    req = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(req, timeout=10) as resp:
         result: dict[str, Any] = json.loads(resp.read())
         return result
+
+
+def _double(stack: Stack, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    assert stack.double is not None
+    return _http(stack.double.url + path, body)
 
 
 class Bench:
@@ -98,6 +105,7 @@ class Bench:
         self.run_id = uuid.uuid4().hex[:8]
         self.load = LoadProcess()
         self.results: dict[str, Any] = {}
+        self.orphaned: list[str] = []  # stopped workers whose claim took an input for nobody
 
     def meter(self) -> CpuMeter:
         s = self.stack
@@ -144,6 +152,12 @@ class Bench:
             "ceiling": round(ceiling(n), 1) if n else None,
             "ceiling_pct": round(100 * result["tps"] / ceiling(n), 1) if n else None,
             "cpu": cpu,
+            # CPU per request barely moves with other people's load, unlike throughput.
+            "cpu_ms_per_request": {
+                name: round(10 * pct / result["rps"], 3) if result["rps"] else None
+                for name, pct in cpu.items()
+                if name in ("server", "worker", "postgres", "double", "load")
+            },
             "loadavg": round(os.getloadavg()[0], 2),
         }
         if gpu:
@@ -159,6 +173,25 @@ class Bench:
             flush=True,
         )
         return entry
+
+    def retire_worker(self, name: str, model: str) -> None:
+        """Stop a worker, then feed its orphaned claim one throwaway input.
+
+        A stopped worker leaves its long-poll claim waiting in the server, which claims the
+        next input of its model for nobody (it stays processing until the lease expires,
+        60 s); without this, the next scenario's first requests would wait for that.
+        """
+        assert self.stack.server is not None
+        self.stack.stop_worker(name)
+        body = {"model": model, "input": f"orphan-{name}-{self.run_id}", "wait_seconds": 0}
+        task = _http(self.stack.server.url + "/v1/embeddings", body, CLIENT_TOKEN)["id"]
+        deadline = time.monotonic() + ORPHAN_WAIT
+        while time.monotonic() < deadline:
+            status = _http(f"{self.stack.server.url}/tasks/{task}", None, CLIENT_TOKEN)["status"]
+            if status != "pending":
+                self.orphaned.append(name)
+                return
+            time.sleep(0.05)
 
     def repeat(self) -> dict[str, Any]:
         """Send a set of texts, then the same again (single texts, then 100-text requests):
@@ -225,7 +258,7 @@ class Bench:
                     self.scenario(sc)
             repeat = self.repeat()
             print(report.repeat_lines(repeat), flush=True)
-            stack.stop_worker("gpu")
+            self.retire_worker("gpu", GPU_MODEL)
 
             print(f"GPU-like double, the worker {RTT_MS:.0f} ms of round trip away:", flush=True)
             proxy = stack.start_proxy(RTT_MS / 2)
@@ -233,7 +266,7 @@ class Bench:
             for sc in RTT:
                 if sc.quick or not quick:
                     self.scenario(sc)
-            stack.stop_worker("rtt")
+            self.retire_worker("rtt", GPU_MODEL)
             stack.stop_proxy()
 
             print("zero-cost backend:", flush=True)
@@ -245,7 +278,12 @@ class Bench:
             stack.stop_worker("zero")
         finally:
             self.load.close()
-        return {"scenarios": self.results, "repeat": repeat, "soak": soak}
+        return {
+            "scenarios": self.results,
+            "repeat": repeat,
+            "soak": soak,
+            "orphaned_claims": self.orphaned,
+        }
 
 
 def _slope_per_1000(points: list[tuple[int, dict[str, int]]], name: str) -> float | None:

@@ -1,0 +1,43 @@
+"""The benchmark harness runs end to end (`python -m bench.run --quick`) and writes the JSON
+the README describes. Speed is never asserted here: this machine's load is not ours to know."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.doubles.common import REPO_ROOT
+
+SCENARIOS = {"idle-direct", "idle", "c32-direct", "c32", "c256", "t100", "c32-rtt", "zero-1",
+             "zero-100"}  # fmt: skip
+WORKING = ("idle-direct", "idle", "zero-1")  # answer within a 1-second window even when busy
+SCENARIO_KEYS = {"via", "clients", "texts_per_request", "requests", "rps", "tps", "p50_ms",
+                 "p99_ms", "errors", "ceiling", "ceiling_pct", "cpu"}  # fmt: skip
+
+
+def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--duration", "1", "--json", str(out)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "DATABASE_URL": pg_url},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert {"machine", "config", "scenarios", "repeat", "soak", "targets"} <= results.keys()
+    assert SCENARIOS <= results["scenarios"].keys()
+    for name in SCENARIOS:
+        assert SCENARIO_KEYS <= results["scenarios"][name].keys(), name
+        assert results["scenarios"][name]["errors"] == 0, name
+    for name in WORKING:
+        assert results["scenarios"][name]["requests"] > 0, name
+    assert results["repeat"]["passes"]["first"]["computed"] == results["repeat"]["texts"]
+    assert {"server", "worker"} <= results["soak"]["kib_per_1000_requests"].keys()
+    assert all({"target", "limit", "measured", "met"} <= t.keys() for t in results["targets"])
+    assert "target" in done.stdout and "verdict" in done.stdout
