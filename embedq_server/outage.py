@@ -10,6 +10,7 @@ DATABASE_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a pool releasing a connection that died mid-operation
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.CrashShutdownError,
     ConnectionError,

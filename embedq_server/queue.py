@@ -8,6 +8,7 @@ the maintenance pass cannot overwrite each other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -233,7 +234,7 @@ class Queue:
         max_items = max(1, min(max_items, self.settings.max_batch))
         while True:
             signal = self.listener.work_signal()
-            rows = await self.pool.fetch(
+            rows = await self._fetch_keeping_result(
                 QUERIES["claim_items"],
                 list(models),
                 max_items,
@@ -252,6 +253,23 @@ class Queue:
                 await asyncio.wait_for(signal.wait(), min(left, self.settings.backstop_interval))
             except TimeoutError:
                 pass
+
+    async def _fetch_keeping_result(self, query: str, *args: object) -> list[asyncpg.Record]:
+        """Fetch, and keep the rows even if returning the connection to the pool fails (the
+        database went down just after the statement committed): a claim that committed must
+        reach its worker, or its inputs sit leased to nobody until the lease expires."""
+        conn = await self.pool.acquire()
+        try:
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+        except BaseException:
+            with contextlib.suppress(*DATABASE_DOWN):
+                await self.pool.release(conn)
+            raise
+        try:
+            await self.pool.release(conn)
+        except DATABASE_DOWN as exc:
+            log.warning("connection lost after a claim committed error=%r", exc)
+        return rows
 
     async def heartbeat(self, lease: str, worker: WorkerInfo) -> int:
         """Extend the lease; return how many inputs it still holds (0: lost)."""

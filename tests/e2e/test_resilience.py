@@ -255,7 +255,8 @@ async def test_postgres_restart_under_load_nothing_accepted_is_lost(
     own_postgres: tuple[str, Path], ollama_url: str
 ) -> None:
     url, pgdata = own_postgres
-    server = start_server(url)
+    # A claim whose answer is lost in the outage is recovered by lease expiry: keep it short.
+    server = start_server(url, LEASE_SECONDS="5")
     worker = start_worker(server.url, ollama_url)
     try:
         await control(ollama_url, delay_ms=30)
@@ -266,14 +267,17 @@ async def test_postgres_restart_under_load_nothing_accepted_is_lost(
         await asyncio.sleep(4)
         stop.set()
         report = await load
+        assert not report.wrong, (report.wrong[:3], server.log()[-4000:])
         assert report.completed > 0
-        assert report.retryable > 0  # the outage was seen, and answered retryably
+        # The outage really happened under the server (requests in flight may ride it out
+        # by waiting, or get a retryable 503; both are fine).
+        assert "listener lost its connection" in server.log()
         await check_all_accepted_complete(server.url, report)
         # The server recovered without a restart.
         async with aiohttp.ClientSession() as session, session.get(server.url + "/health") as r:
             assert r.status == 200
         assert server.proc.poll() is None
-        assert "Traceback" not in server.log() or "unhandled error" not in server.log()
+        assert "unhandled error" not in server.log(), server.log()[-3000:]
     finally:
         worker.stop()
         server.stop()
