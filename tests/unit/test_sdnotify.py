@@ -11,6 +11,7 @@ import inspect
 import os
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import suppress
@@ -149,6 +150,29 @@ async def _stop(task: asyncio.Task[None]) -> None:
         await task
 
 
+class Inbox:
+    """Reads the manager socket all the time, as systemd does: an unread socket fills
+    after ~10 datagrams (net.unix.max_dgram_qlen) and then blocks the sender."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.got: list[str] = []
+        sock.setblocking(False)
+        self.task = asyncio.create_task(self._read(), name="inbox")
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self.got.append((await loop.sock_recv(self.sock, 4096)).decode())
+
+    def take(self) -> list[str]:
+        got, self.got = self.got, []
+        return got
+
+    async def close(self) -> None:
+        await _stop(self.task)
+
+
 async def _settle() -> None:
     # A tick whose check already passed may still send one ping: let it land.
     await asyncio.sleep(TICK * 3)
@@ -162,24 +186,26 @@ async def test_watchdog_loop_pings_only_while_healthy(
     async def check() -> bool:
         return healthy
 
+    inbox = Inbox(manager)
     task = asyncio.create_task(sd.watchdog_loop(check, TICK), name="watchdog")
     try:
         await asyncio.sleep(TICK * 10)
-        pings = _drain(manager)
+        pings = inbox.take()
         assert len(pings) >= 3 and set(pings) == {"WATCHDOG=1"}
 
         healthy = False
         await _settle()
-        _drain(manager)
+        inbox.take()
         await asyncio.sleep(TICK * 10)
-        assert _drain(manager) == []
+        assert inbox.take() == []
         assert not task.done()
 
         healthy = True
         await asyncio.sleep(TICK * 10)
-        assert len(_drain(manager)) >= 3
+        assert len(inbox.take()) >= 3
     finally:
         await _stop(task)
+        await inbox.close()
 
 
 async def test_watchdog_loop_treats_a_failing_or_hung_check_as_unhealthy(
@@ -195,23 +221,36 @@ async def test_watchdog_loop_treats_a_failing_or_hung_check_as_unhealthy(
             await release.wait()  # a query that never returns
         return True
 
+    inbox = Inbox(manager)
     task = asyncio.create_task(sd.watchdog_loop(check, TICK), name="watchdog")
     try:
         await asyncio.sleep(TICK * 10)
-        assert _drain(manager) == []
+        assert inbox.take() == []
         assert not task.done()  # the loop survives a raising check
 
         mode = "hang"
         await asyncio.sleep(TICK * 10)
-        assert _drain(manager) == []
+        assert inbox.take() == []
         assert not task.done()  # the hung check timed out instead of blocking the loop
 
         mode = "ok"
         await asyncio.sleep(TICK * 10)
-        assert len(_drain(manager)) >= 3
+        assert len(inbox.take()) >= 3
     finally:
         release.set()
         await _stop(task)
+        await inbox.close()
+
+
+def test_a_manager_that_stops_reading_costs_at_most_the_send_timeout(
+    sd: ModuleType, manager: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sd, "SEND_TIMEOUT", 0.05)
+    assert sd.watchdog() is True
+    started = time.monotonic()
+    # Far past the socket's queue: sends start failing after the timeout, never hang.
+    assert not all(sd.watchdog() for _ in range(1000))
+    assert time.monotonic() - started < 2
 
 
 def _code_without_docstring(module: ModuleType) -> str:
