@@ -151,7 +151,7 @@ CASES = [
 
 
 async def snapshot(client: TestClient) -> list[Any]:
-    pool = client.server.app[POOL]
+    pool = client.app[POOL]
     tasks = await pool.fetch("SELECT id, remaining, failed FROM embedq_task ORDER BY id")
     items = await pool.fetch(
         "SELECT id, state, lease_token, lease_expires, vector FROM embedq_item ORDER BY id"
@@ -276,7 +276,7 @@ async def test_tokens_on_loopback_are_still_required(app_client: Any) -> None:
 
 # -- Settings.check_safe_to_listen -------------------------------------------------------
 
-GOOD = {"auth_tokens": ("client-secret-1",), "worker_tokens": ("worker-secret-1",)}
+GOOD: dict[str, Any] = {"auth_tokens": ("client-secret-1",), "worker_tokens": ("worker-secret-1",)}
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])

@@ -490,7 +490,7 @@ async def test_wrong_methods_and_unknown_routes(
     resp = await client.request(method, path, headers=CLIENT)
     if status == 405:
         error = await error_of(resp, 405, None, f"{method} is not allowed on {path}")
-        assert allow in resp.headers["Allow"]
+        assert allow is not None and allow in resp.headers["Allow"]
     else:
         error = await error_of(resp, 404, None, f"no route {method} {path}")
     assert error["code"] is None

@@ -137,12 +137,12 @@ async def test_the_served_description_is_the_built_one(app_client: Any) -> None:
     assert resp.status == 200
     assert resp.content_type == "application/json"
     served = await resp.json()
-    assert served == openapi.build_spec(client.server.app[openapi.SETTINGS])
+    assert served == openapi.build_spec(client.app[openapi.SETTINGS])
     assert served["openapi"].startswith("3.1")
     routes = {(method.upper(), path) for path, item in served["paths"].items() for method in item}
     registered = {
         (r.method, r.resource.canonical)
-        for r in client.server.app.router.routes()
+        for r in client.app.router.routes()
         if r.method != "HEAD" and r.resource is not None
     }
     assert routes == registered
