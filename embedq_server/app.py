@@ -14,6 +14,7 @@ from .database import create_pool
 from .errors import error_middleware
 from .keys import CLIENT_TOKENS, DATABASE_URL, LISTENER, POOL, QUEUE, SETTINGS, WORKER_TOKENS
 from .listener import Listener
+from .logs import request_log_middleware
 from .queue import Queue
 from .settings import LISTENER_PING, Settings
 
@@ -92,7 +93,8 @@ async def health(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings, database_url: str) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.max_body_bytes
+        middlewares=[request_log_middleware, error_middleware],
+        client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[DATABASE_URL] = database_url

@@ -1,11 +1,42 @@
-"""Logging set-up: one line per event, as text or as JSON for log shippers."""
+"""Logging: one line per event with stable key=value fields, as text or as JSON for log
+shippers, and a request id on every response and every log line of that request."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+import re
 import sys
 import time
+import uuid
+
+from aiohttp import web
+
+from .errors import Handler
+
+log = logging.getLogger("embedq.request")
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_CLEAN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current request's id to every record logged while handling it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        return f"{line} request_id={request_id}" if request_id else line
 
 
 class JsonFormatter(logging.Formatter):
@@ -17,6 +48,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            entry["request_id"] = request_id
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -24,13 +58,36 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-        )
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+@web.middleware
+async def request_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give each request an id (the caller's X-Request-Id when it is sane), return it in the
+    response, and log one line when the request ends."""
+    offered = request.headers.get("X-Request-Id", "")
+    request_id = offered if _CLEAN_ID.match(offered) else uuid.uuid4().hex[:16]
+    token = REQUEST_ID.set(request_id)
+    started = time.monotonic()
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        status = response.status if response is not None else 500
+        task = response.headers.get("X-Embedq-Task") if response is not None else None
+        log.info(
+            "request method=%s path=%s status=%d ms=%.1f%s",
+            request.method,
+            request.path,
+            status,
+            (time.monotonic() - started) * 1000,
+            f" task_id={task}" if task else "",
+        )
+        REQUEST_ID.reset(token)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import struct
 import time
 from typing import Any
@@ -237,3 +238,15 @@ async def test_health_needs_no_token(app_client):
     resp = await client.get("/health")
     assert resp.status == 200
     assert (await resp.json())["database"] == "up"
+
+
+async def test_every_response_carries_a_request_id(app_client, caplog):
+    caplog.set_level(logging.INFO, logger="embedq.request")
+    client = await app_client()
+    resp = await client.get("/health", headers={"X-Request-Id": "abc-123"})
+    assert resp.headers["X-Request-Id"] == "abc-123"
+    fresh = await client.get("/v1/models", headers={"X-Request-Id": "bad id with spaces"})
+    assert fresh.headers["X-Request-Id"] != "bad id with spaces"
+    assert len(fresh.headers["X-Request-Id"]) == 16
+    lines = [r.getMessage() for r in caplog.records if r.name == "embedq.request"]
+    assert any("path=/health status=200" in line for line in lines)
