@@ -226,12 +226,13 @@ class Runner:
             self.stats.failed += len(outcome.failures)
             if self._on_batch is not None:
                 self._on_batch(batch.model, len(batch.items), elapsed)
-            log.debug(
-                "batch computed model=%s batch=%d ms=%.1f failed=%d",
+            log.info(
+                "batch computed model=%s batch=%d ms=%.1f failed=%d lease=%s",
                 batch.model,
                 len(batch.items),
                 elapsed * 1000,
                 len(outcome.failures),
+                batch.lease,
             )
             return outcome
 
@@ -326,7 +327,8 @@ class Runner:
                 try:
                     await self.client.heartbeat(lease)
                 except LeaseLost:
-                    log.warning("lease lost lease=%s (it expired; results will be refused)", lease)
+                    if lease in self._held:  # not merely finished since the loop started
+                        log.warning("lease lost lease=%s (expired; results will be refused)", lease)
                 except (ServerError, Rejected) as exc:
                     log.warning("heartbeat failed lease=%s error=%s", lease, exc)
 
