@@ -58,6 +58,14 @@ def _json(schema: Schema, description: str, headers: Schema | None = None) -> Sc
     return out
 
 
+def _task_links(task_id: str) -> Schema:
+    """Where a task id found in a response (`task_id`, a runtime expression) leads."""
+    return {
+        name: {"operationId": operation, "parameters": {"task_id": task_id}}
+        for name, operation in (("GetTask", "getTask"), ("GetTaskResult", "getTaskResult"))
+    }
+
+
 def _header(description: str, schema: Schema | None = None) -> Schema:
     return {"description": description, "schema": schema or {"type": "string"}}
 
@@ -483,12 +491,14 @@ def _paths(settings: Settings) -> Schema:
                     "NotFound",
                     "TooManyRequests",
                     "BadGateway",
-                    s200=_json(_ref("EmbeddingList"), "The vectors, in input order.", task_header),
+                    s200=_json(_ref("EmbeddingList"), "The vectors, in input order.", task_header)
+                    | {"links": _task_links("$response.header.X-Embedq-Task")},
                     s202=_json(
                         _ref("TaskAccepted"),
                         "Not ready within wait_seconds: poll the task.",
                         {"Location": _header("/tasks/{task_id}"), **task_header},
-                    ),
+                    )
+                    | {"links": _task_links("$response.body#/id")},
                 ),
             }
         },

@@ -131,6 +131,27 @@ def test_every_operation_conforms_and_never_fails(case: Any, live_server: str) -
     case.call_and_validate(base_url=live_server, headers=_token_for(case), timeout=30)
 
 
+def test_request_then_poll_sequences(live_server: str) -> None:
+    """Stateful: follow the description's links from POST /v1/embeddings to the task it
+    made, so GET /tasks/{id} and its result are checked on real tasks, not only on 404s."""
+    base = schema.as_state_machine()
+
+    class Sequences(base):  # type: ignore[valid-type,misc]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": live_server, "headers": _token_for(case), "timeout": 30}
+
+    Sequences.run(
+        settings=settings(
+            max_examples=25,
+            stateful_step_count=6,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+
+
 async def test_the_served_description_is_the_built_one(app_client: Any) -> None:
     client = await app_client()
     resp = await client.get("/openapi.json")  # no token
