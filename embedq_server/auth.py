@@ -33,7 +33,8 @@ class TokenSet:
 
     def matches(self, presented: str) -> bool:
         """Constant time in the presented token; every configured token is compared."""
-        candidate = presented.encode()
+        # aiohttp hands undecodable header bytes over as surrogates: compare them as bytes.
+        candidate = presented.encode("utf-8", "surrogateescape")
         found = False
         for token in self._tokens:
             found |= hmac.compare_digest(candidate, token)
