@@ -78,7 +78,10 @@ async def watchdog_loop(is_healthy: Callable[[], Awaitable[bool]], interval: flo
     while True:
         started = loop.time()
         try:
-            now_healthy = await asyncio.wait_for(is_healthy(), timeout=interval)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow our own
+            # cancellation when the check finishes at the same moment.
+            async with asyncio.timeout(interval):
+                now_healthy = await is_healthy()
         except Exception as exc:  # a failing or hung check means "not healthy"
             log.debug("watchdog check failed error=%r", exc)
             now_healthy = False

@@ -242,6 +242,27 @@ async def test_watchdog_loop_treats_a_failing_or_hung_check_as_unhealthy(
         await inbox.close()
 
 
+async def test_watchdog_loop_always_stops_when_cancelled(
+    sd: ModuleType, manager: socket.socket
+) -> None:
+    # On Python 3.11, asyncio.wait_for could swallow a cancellation that arrived as the
+    # check finished, and the server's shutdown then hung on this task.
+    async def check() -> bool:
+        return True
+
+    inbox = Inbox(manager)
+    try:
+        for i in range(200):
+            task = asyncio.create_task(sd.watchdog_loop(check, 0.001), name="watchdog")
+            for _ in range(i % 7):
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=1)
+            assert done, f"cancellation swallowed (round {i})"
+    finally:
+        await inbox.close()
+
+
 def test_a_manager_that_stops_reading_costs_at_most_the_send_timeout(
     sd: ModuleType, manager: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
