@@ -35,7 +35,8 @@ ENV PATH=/opt/embedq/venv/bin:$PATH \
 RUN groupadd --system --gid 10001 embedq \
  && useradd --system --uid 10001 --gid embedq --home-dir /var/lib/embedq --create-home \
         --shell /usr/sbin/nologin embedq
-USER embedq:embedq
+# Numeric, so Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
+USER 10001:10001
 WORKDIR /var/lib/embedq
 
 EXPOSE 8000
