@@ -45,8 +45,8 @@ PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
 
 ITEMS = Counter(
     "embedq_items",
-    "Inputs that left a worker's hands, by model and outcome "
-    "(completed, failed, requeued, expired, released).",
+    "Inputs by model and how a step ended for them: completed, failed, requeued, expired, "
+    "released, cached (answered from the result cache); model * where it is not known.",
     ["model", "outcome"],
     registry=PROCESS_REGISTRY,
 )

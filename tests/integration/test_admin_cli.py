@@ -4,6 +4,7 @@ exit codes, and what the API says afterwards (a requeued task really completes).
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -16,9 +17,17 @@ from tests.integration.test_ops_views import post_results, seed_queue, submit
 
 
 async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the CLI in a thread (it runs its own event loop) and capture what it printed."""
+    """Run the CLI in a thread (it runs its own event loop) and capture what it printed.
+    main() points the root logger at this test's captured stderr: put it back after, or
+    later tests log into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     capsys.readouterr()
-    code = await asyncio.to_thread(main, list(argv))
+    try:
+        code = await asyncio.to_thread(main, list(argv))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
     out, err = capsys.readouterr()
     return code, out, err
 
