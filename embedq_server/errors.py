@@ -9,7 +9,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from .outage import DATABASE_DOWN, TaskUnreachable
+
 log = logging.getLogger("embedq.http")
+
 
 _TYPES = {
     400: "invalid_request_error",
@@ -92,6 +95,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(ApiError(exc.status, message, headers=headers))
     except HttpProcessingError as exc:  # a body that breaks HTTP's own framing
         return error_response(ApiError(400, f"malformed request: {exc.message}"))
+    except TaskUnreachable as exc:
+        return error_response(
+            ApiError(
+                503,
+                f"the database became unavailable while task {exc.task_id} was waiting; it is "
+                f"kept: retry the same request, or poll GET /tasks/{exc.task_id}",
+                code="database_unavailable",
+                headers={"Retry-After": "1", "X-Embedq-Task": exc.task_id},
+            )
+        )
+    except DATABASE_DOWN as exc:
+        # PostgreSQL restarting or unreachable: a clear, retryable answer, never a 500.
+        log.warning("database unavailable path=%s error=%r", request.path, exc)
+        return error_response(
+            ApiError(
+                503,
+                "the database is unavailable; retry shortly",
+                code="database_unavailable",
+                headers={"Retry-After": "1"},
+            )
+        )
     except Exception:
         log.exception("unhandled error method=%s path=%s", request.method, request.path)
         return error_response(ApiError(500, "internal server error", code="internal_error"))

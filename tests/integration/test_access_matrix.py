@@ -234,12 +234,6 @@ async def test_a_token_in_the_query_string_is_not_a_bearer_token(app_client: Any
     assert resp.status == 401
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="auth.py bug: TokenSet.matches() calls presented.encode(); aiohttp decodes header "
-    "bytes that are not UTF-8 with surrogateescape, so the encode raises and the answer is "
-    "500. Fix in auth.py: encode with 'surrogateescape' (or refuse non-ASCII tokens) there.",
-)
 async def test_an_authorization_header_that_is_not_utf8_is_401(app_client: Any) -> None:
     import asyncio
 
