@@ -308,6 +308,13 @@ async def create_embeddings(request: web.Request) -> web.Response:
             code="queue_full",
             headers={"Retry-After": str(RETRY_AFTER_BUSY)},
         )
+    if settings.unserved_model == "reject" and not await queue.is_served(req.model):
+        raise ApiError(
+            404,
+            f"no live worker serves model {req.model!r}; GET /v1/models lists those served",
+            param="model",
+            code="model_not_found",
+        )
     started = time.monotonic()
     task_id, _attached = await queue.submit(owner_of(token), req.model, req.dimensions, req.inputs)
     task = await queue.wait(task_id, req.wait_seconds)
@@ -324,9 +331,10 @@ async def create_embeddings(request: web.Request) -> web.Response:
     # An unmodified OpenAI SDK: a retryable answer that its retry attaches to the same task
     # (identical requests by the same client share one task), never a body without data.
     waited = time.monotonic() - started
+    unserved = "" if await queue.is_served(req.model) else f" (no live worker serves {req.model})"
     raise ApiError(
         503,
-        f"embedding task {task_id} is still {task.status} after {waited:.0f}s; "
+        f"embedding task {task_id} is still {task.status} after {waited:.0f}s{unserved}; "
         f"retry the same request to keep waiting for it, or poll GET /tasks/{task_id}",
         code="task_pending",
         headers={

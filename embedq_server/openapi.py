@@ -233,6 +233,7 @@ def _schemas(settings: Settings) -> Schema:
                 "started_at": _nullable(timestamp),
                 "finished_at": _nullable(timestamp),
                 "result": _nullable(_ref("EmbeddingList")),
+                "note": {"type": ["string", "null"]},
             },
             [
                 "id",
@@ -247,6 +248,7 @@ def _schemas(settings: Settings) -> Schema:
                 "started_at",
                 "finished_at",
                 "result",
+                "note",
             ],
         ),
         "ModelList": _obj(

@@ -29,6 +29,7 @@ log = logging.getLogger("embedq.queue")
 
 PENDING_CACHE_SECONDS = 1.0  # how stale the backpressure count may be
 WORKER_TOUCH_SECONDS = 5.0  # how often a worker's registration row is refreshed
+SERVED_CACHE_SECONDS = 2.0  # how stale "which models have a live worker" may be
 DOWN_RETRY = 0.5  # seconds between re-reads of a waited-for task while the database is down
 
 
@@ -125,6 +126,7 @@ class Queue:
         self._pending_checked = 0.0
         self._worker_touched: dict[str, float] = {}
         self._revisions: dict[str, str | None] = {}
+        self._served: tuple[frozenset[str], float] = (frozenset(), float("-inf"))
         self.closing = False
 
     def close(self) -> None:
@@ -339,7 +341,17 @@ class Queue:
 
     async def live_models(self) -> list[str]:
         rows = await self.pool.fetch(QUERIES["live_models"], self.settings_worker_alive)
-        return [r["model"] for r in rows]
+        models = [r["model"] for r in rows]
+        self._served = (frozenset(models), time.monotonic())
+        return models
+
+    async def is_served(self, model: str) -> bool:
+        """Does a live worker serve this model? Cached briefly: requests ask it often."""
+        served, checked = self._served
+        if time.monotonic() - checked > SERVED_CACHE_SECONDS:
+            await self.live_models()
+            served, _ = self._served
+        return model in served
 
     @property
     def settings_worker_alive(self) -> float:

@@ -139,10 +139,20 @@ class Settings:
         default=CACHE_TTL,
         metadata={"env": "CACHE_TTL", "help": "seconds stored results are kept"},
     )
+    unserved_model: str = field(
+        default="wait",
+        metadata={
+            "env": "UNSERVED_MODEL",
+            "help": "a request for a model no live worker serves: wait (in the queue, and the "
+            "task says so) or reject (404)",
+        },
+    )
     log_format: str = field(default="text", metadata={"env": "LOG_FORMAT", "help": "text or json"})
     log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL", "help": "log level"})
 
     def __post_init__(self) -> None:
+        if self.unserved_model not in ("wait", "reject"):
+            raise ValueError(f"UNSERVED_MODEL must be wait or reject, not {self.unserved_model!r}")
         if self.cache not in CACHE_MODES:
             raise ValueError(f"CACHE must be one of {', '.join(CACHE_MODES)}, not {self.cache!r}")
 

@@ -84,7 +84,10 @@ async def get_task(request: web.Request) -> web.Response:
         "started_at": _iso(states["started_at"]),
         "finished_at": _iso(task.finished_at),
         "result": None,
+        "note": None,
     }
+    if not task.done and not await queue.is_served(task.model):
+        body["note"] = f"no live worker serves model {task.model}; the task waits until one does"
     if task.status == "failed":
         err = failure_error(task)
         body["error"] = {"message": err.message, "code": err.code}

@@ -250,3 +250,41 @@ async def test_every_response_carries_a_request_id(app_client, caplog):
     assert len(fresh.headers["X-Request-Id"]) == 16
     lines = [r.getMessage() for r in caplog.records if r.name == "embedq.request"]
     assert any("path=/health status=200" in line for line in lines)
+
+
+async def test_a_model_nobody_serves_waits_and_the_task_says_so(app_client):
+    client = await app_client()
+    resp = await client.post(
+        "/v1/embeddings",
+        json={"model": "lonely", "input": "x", "wait_seconds": 0},
+        headers=CLIENT,
+    )
+    task_id = (await resp.json())["id"]
+    body = await (await client.get(f"/tasks/{task_id}", headers=CLIENT)).json()
+    assert body["status"] == "pending"
+    assert "no live worker serves model lonely" in body["note"]
+    # Once a worker for it is alive, the note goes away.
+    await claim(client, models=["lonely"], worker="lonely-worker")
+    await asyncio.sleep(2.1)  # the served-models view is cached for 2 s
+    body = await (await client.get(f"/tasks/{task_id}", headers=CLIENT)).json()
+    assert body["note"] is None
+
+
+async def test_reject_policy_refuses_a_model_nobody_serves(app_client):
+    client = await app_client(unserved_model="reject")
+    resp = await client.post(
+        "/v1/embeddings",
+        json={"model": "lonely", "input": "x", "wait_seconds": 0},
+        headers=CLIENT,
+    )
+    assert resp.status == 404
+    error = (await resp.json())["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    await claim(client, models=["served"])  # registers a live worker serving it
+    await asyncio.sleep(2.1)
+    ok = await client.post(
+        "/v1/embeddings",
+        json={"model": "served", "input": "x", "wait_seconds": 0},
+        headers=CLIENT,
+    )
+    assert ok.status == 202
