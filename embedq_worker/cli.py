@@ -103,11 +103,24 @@ async def amain(settings: WorkerSettings) -> int:
             if metrics is not None:
                 metrics.watch(runner.stats)
 
-            async def started() -> None:
-                sdnotify.ready()
+            watchdog: asyncio.Task[None] | None = None
 
-            await run_until_signal(runner, started)
-            sdnotify.stopping()
+            async def started() -> None:
+                nonlocal watchdog
+                sdnotify.ready()
+                interval = sdnotify.watchdog_interval()
+                if interval is not None:
+                    watchdog = asyncio.create_task(
+                        sdnotify.watchdog_loop(runner.healthy, interval), name="watchdog"
+                    )
+
+            try:
+                await run_until_signal(runner, started)
+            finally:
+                sdnotify.stopping()
+                if watchdog is not None:
+                    watchdog.cancel()
+                    await asyncio.gather(watchdog, return_exceptions=True)
     finally:
         for backend in {id(b): b for b in backends.values()}.values():
             await backend.close()

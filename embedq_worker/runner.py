@@ -28,6 +28,7 @@ from .settings import BACKOFF_MAX, WorkerSettings
 log = logging.getLogger("embedq.worker")
 
 HEARTBEAT_FRACTION = 3  # heartbeat this many times per lease period
+WEDGED_FACTOR = 2  # a backend call running this many request timeouts is wedged
 POST_RETRY_LIMIT = 300.0  # seconds to keep retrying a result post before giving up on it
 
 
@@ -69,7 +70,14 @@ class Runner:
         self._held: dict[str, Batch] = {}
         self._posts: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
-        self._drained = asyncio.Event()  # burst mode: the queue ran empty
+        self._calls: dict[object, float] = {}  # backend calls in progress -> start time
+
+    async def healthy(self) -> bool:
+        """For the systemd watchdog: no backend call is wedged (running far past its
+        timeout). A server that is down is not unhealthy: the worker retries by itself."""
+        limit = WEDGED_FACTOR * self.settings.request_timeout
+        now = time.monotonic()
+        return all(now - started < limit for started in self._calls.values())
 
     @property
     def models(self) -> list[str]:
@@ -239,11 +247,15 @@ class Runner:
     async def _compute(self, backend: Backend, batch: Batch, items: list) -> Outcome:  # type: ignore[type-arg]
         """One backend call for `items`; a rejected batch is split to find the bad inputs,
         so one over-long input fails alone and the rest complete."""
+        call = object()
+        self._calls[call] = time.monotonic()
         try:
             result = await backend.embed(batch.model, [i.input for i in items], batch.dimensions)
         except InputRejected as exc:
             if len(items) == 1:
-                return Outcome(failures=[ItemFailure(items[0].id, str(exc), "input_rejected", False)])
+                return Outcome(
+                    failures=[ItemFailure(items[0].id, str(exc), "input_rejected", False)]
+                )
             mid = len(items) // 2
             left = await self._compute(backend, batch, items[:mid])
             right = await self._compute(backend, batch, items[mid:])
@@ -258,6 +270,8 @@ class Runner:
             raise
         except BackendError as exc:
             return _fail_items(items, str(exc), "backend_error", exc.retryable)
+        finally:
+            del self._calls[call]
         if len(result.vectors) != len(items):
             return _fail_items(
                 items,
@@ -344,7 +358,9 @@ def _fail_all(batch: Batch, error: str, code: str, retry: bool) -> Outcome:
     return _fail_items(batch.items, error, code, retry)
 
 
-async def run_until_signal(runner: Runner, started: Callable[[], Awaitable[None]] | None = None) -> None:
+async def run_until_signal(
+    runner: Runner, started: Callable[[], Awaitable[None]] | None = None
+) -> None:
     """Run the worker; SIGTERM/SIGINT start a graceful stop."""
     import signal
 
