@@ -22,7 +22,15 @@ from .backends.base import (
     InputRejected,
     ModelNotFound,
 )
-from .server_client import Batch, ItemFailure, LeaseLost, Rejected, ServerClient, ServerError
+from .server_client import (
+    Batch,
+    Item,
+    ItemFailure,
+    LeaseLost,
+    Rejected,
+    ServerClient,
+    ServerError,
+)
 from .settings import BACKOFF_MAX, WorkerSettings
 
 log = logging.getLogger("embedq.worker")
@@ -120,7 +128,7 @@ class Runner:
             await claimer
         await self._release_unstarted()
         # The batches in flight get the grace period to finish and post.
-        for task in computers:
+        for _ in computers:
             self._ready.put_nowait(_STOP)
         _, late = await asyncio.wait(computers, timeout=self.settings.shutdown_grace)
         for task in late:
@@ -244,7 +252,7 @@ class Runner:
             )
             return outcome
 
-    async def _compute(self, backend: Backend, batch: Batch, items: list) -> Outcome:  # type: ignore[type-arg]
+    async def _compute(self, backend: Backend, batch: Batch, items: list[Item]) -> Outcome:
         """One backend call for `items`; a rejected batch is split to find the bad inputs,
         so one over-long input fails alone and the rest complete."""
         call = object()
@@ -350,7 +358,7 @@ class Runner:
 _STOP = Batch(lease="", lease_seconds=0.0, items=[])
 
 
-def _fail_items(items: list, error: str, code: str, retry: bool) -> Outcome:  # type: ignore[type-arg]
+def _fail_items(items: list[Item], error: str, code: str, retry: bool) -> Outcome:
     return Outcome(failures=[ItemFailure(i.id, error, code, retry) for i in items])
 
 

@@ -118,9 +118,7 @@ class ServerClient:
         data = await self._post(
             "/worker/claim", {"max_items": max_items, "wait_seconds": wait}, timeout=wait + 30
         )
-        items = [
-            Item(i["id"], i["input"], i["model"], i.get("dimensions")) for i in data["items"]
-        ]
+        items = [Item(i["id"], i["input"], i["model"], i.get("dimensions")) for i in data["items"]]
         return Batch(data["lease"], float(data["lease_seconds"]), items)
 
     async def heartbeat(self, lease: str) -> int:

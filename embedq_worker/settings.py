@@ -41,8 +41,7 @@ class WorkerSettings:
         default=DEFAULT_MODELS,
         metadata={
             "env": "EMBEDDING_MODEL",
-            "help": "models served, comma-separated; a prefix picks the backend "
-            "(local:all-minilm)",
+            "help": "models served, comma-separated; a prefix picks the backend (local:all-minilm)",
         },
     )
     backend: str = field(
@@ -125,13 +124,19 @@ class WorkerSettings:
             env = f.metadata["env"]
             if f.type == "bool":
                 parser.add_argument(
-                    flag, dest=f.name, action="store_const", const="1", default=None,
+                    flag,
+                    dest=f.name,
+                    action="store_const",
+                    const="1",
+                    default=None,
                     help=f"{f.metadata['help']} [env {env}]",
                 )
                 continue
             default = "hostname-pid" if f.name == "name" else f.default
             parser.add_argument(
-                flag, dest=f.name, default=None,
+                flag,
+                dest=f.name,
+                default=None,
                 help=f"{f.metadata['help']} [env {env}; default {default}]",
             )
 

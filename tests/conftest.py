@@ -9,14 +9,14 @@ import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from embedq_server.database import apply_migrations, embedded_postgres  # noqa: E402
+from embedq_server.database import apply_migrations, embedded_postgres
 
 TEMPLATE = "embedq_template"
 
