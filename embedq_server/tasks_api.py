@@ -37,7 +37,18 @@ async def _own_task(request: web.Request) -> Task:
     return task
 
 
+QUERY_PARAMS = ("encoding_format", "wait_seconds")
+
+
 def _format(request: web.Request) -> str:
+    for name in request.query:  # a typo (?wait=5) must not be silently ignored
+        if name not in QUERY_PARAMS:
+            raise ApiError(
+                400,
+                f"unknown query parameter {name[:50]!r}; this endpoint takes "
+                + " and ".join(QUERY_PARAMS),
+                param=name[:50],
+            )
     fmt = request.query.get("encoding_format", "float")
     if fmt not in ("float", "base64"):
         raise ApiError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")

@@ -7,6 +7,7 @@ and the token comparison itself.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 import uuid
@@ -234,19 +235,52 @@ async def test_a_token_in_the_query_string_is_not_a_bearer_token(app_client: Any
     assert resp.status == 401
 
 
-async def test_an_authorization_header_that_is_not_utf8_is_401(app_client: Any) -> None:
-    import asyncio
-
-    client = await app_client()
+async def raw_status(client: TestClient, head: bytes, body: bytes = b"") -> bytes:
+    """Send bytes aiohttp's client would refuse to; return the status line."""
     reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(
-        b"GET /v1/models HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer \xff\xfe\r\n"
-        b"Connection: close\r\n\r\n"
-    )
+    length = b"Content-Length: %d\r\n" % len(body) if body else b""
+    writer.write(head + length + b"Host: test\r\nConnection: close\r\n\r\n" + body)
     await writer.drain()
-    head = (await reader.read(200)).split(b"\r\n", 1)[0]
+    status = (await reader.read(200)).split(b"\r\n", 1)[0]
     writer.close()
-    assert head == b"HTTP/1.1 401 Unauthorized"
+    return status
+
+
+NOT_UTF8 = b"Authorization: Bearer \xff\xfe\r\n"
+
+
+async def test_an_authorization_header_that_is_not_utf8_is_401(app_client: Any) -> None:
+    client = await app_client()
+    status = await raw_status(client, b"GET /v1/models HTTP/1.1\r\n" + NOT_UTF8)
+    assert status == b"HTTP/1.1 401 Unauthorized"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="auth.py: in open access require() returns the presented token and owner_of() "
+    "calls token.encode(), which raises on a header that is not UTF-8: a 500. Encode with "
+    "'surrogateescape' in owner_of too.",
+)
+async def test_open_access_takes_a_token_that_is_not_utf8(app_client: Any) -> None:
+    client = await app_client(auth_tokens=(), worker_tokens=(), host="127.0.0.1")
+    head = b"POST /v1/embeddings HTTP/1.1\r\nContent-Type: application/json\r\n" + NOT_UTF8
+    status = await raw_status(client, head, b'{"input": "a", "wait_seconds": 0}')
+    assert status == b"HTTP/1.1 202 Accepted"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="metrics.py: _token_ok() calls presented.encode(), which raises on a header that "
+    "is not UTF-8: a 500 when METRICS_TOKEN is set. Encode with 'surrogateescape' there.",
+)
+async def test_a_metrics_token_that_is_not_utf8_is_401(
+    app_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METRICS_TOKEN", "metrics-secret-1")
+    client = await app_client()
+    assert (await client.get("/metrics")).status == 401
+    status = await raw_status(client, b"GET /metrics HTTP/1.1\r\n" + NOT_UTF8)
+    assert status == b"HTTP/1.1 401 Unauthorized"
 
 
 # -- open access: loopback without tokens, for a local trial -----------------------------

@@ -507,6 +507,8 @@ TASK_QUERIES = [
     pytest.param("wait_seconds=" + "9" * 5000, "wait_seconds", id="wait-5000-digits"),
     pytest.param("wait_seconds=", "wait_seconds", id="wait-empty"),
     pytest.param("encoding_format=xml", "encoding_format", id="format-unknown"),
+    pytest.param("wait=5", "wait", id="unknown-parameter-typo"),
+    pytest.param("wait_seconds=1&format=base64", "format", id="unknown-parameter-second"),
 ]
 
 
