@@ -265,8 +265,9 @@ def setup(app: web.Application, *, token: str | None = None) -> None:
 
 
 def _token_ok(request: web.Request, token: str) -> bool:
-    presented = presented_token(request) or ""
-    return hmac.compare_digest(presented.encode(), token.encode())
+    # aiohttp hands undecodable header bytes over as surrogates: compare them as bytes.
+    presented = (presented_token(request) or "").encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(presented, token.encode("utf-8", "surrogateescape"))
 
 
 async def ready(request: web.Request) -> web.Response:

@@ -156,3 +156,16 @@ async def test_model_served_asks_for_a_live_worker(app_client, db_url):
     await pool.execute("UPDATE embedq_worker SET last_seen = now() - interval '5 minutes'")
     assert await model_served(pool, "m-a") is False
     assert await model_served(pool, "m-a", alive_seconds=600) is True
+
+
+async def test_a_token_that_is_not_utf8_gets_the_login_form(app_client):
+    client = await app_client()
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        b"GET /status HTTP/1.1\r\nAuthorization: Bearer \xff\xfe\r\n"
+        b"Host: test\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 ") and b'name="token"' in answer
