@@ -32,7 +32,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def scenario_table(scenarios: dict[str, dict[str, Any]]) -> str:
     header = [
-        "scenario", "via", "clients", "texts/req", "req/s", "texts/s", "ceiling", "% ceil",
+        "scenario", "via", "clients", "texts/req", "req/s", "texts/s", "ceiling", "% ceil", "% cap",
         "p50 ms", "p99 ms", "errors", "batch", "cpu% " + "/".join(c[:3] for c in CPU_COLUMNS),
         "cpu ms/req srv/pg/wrk",
     ]  # fmt: skip
@@ -50,6 +50,7 @@ def scenario_table(scenarios: dict[str, dict[str, Any]]) -> str:
                 _fmt(r["tps"]),
                 f"{r['ceiling']:,.0f} (n={r['ceiling_n']})" if r.get("ceiling") else "-",
                 _fmt(r.get("ceiling_pct")),
+                _fmt(r.get("capacity_pct")),
                 _fmt(r["p50_ms"], 2),
                 _fmt(r["p99_ms"], 2),
                 _fmt(r["errors"]),

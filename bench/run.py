@@ -160,6 +160,9 @@ class Bench:
             },
             "loadavg": round(os.getloadavg()[0], 2),
         }
+        probe = self.results.get(f"cap{n}-direct")
+        if n and probe and probe["tps"] and sc.via != "direct":
+            entry["capacity_pct"] = round(100 * result["tps"] / probe["tps"], 1)
         if gpu:
             stats = _double(self.stack, "/_stats")
             sizes = stats.get("batch_sizes") or []
@@ -247,35 +250,51 @@ class Bench:
             "cpu": cpu,
         }
 
+    def wanted(self, name: str, quick_ok: bool = True) -> bool:
+        """Is this scenario (or "repeat", "soak") part of this run?"""
+        if self.args.only:
+            return name in self.args.only
+        return quick_ok or not self.args.quick
+
     def run(self) -> dict[str, Any]:
-        quick = self.args.quick
         stack = self.stack
+        repeat: dict[str, Any] | None = None
+        soak: dict[str, Any] | None = None
         try:
-            print("GPU-like double, one worker on loopback:", flush=True)
-            stack.start_worker("gpu")
-            for sc in GPU:
-                if sc.quick or not quick:
+            gpu = [sc for sc in GPU if self.wanted(sc.name, sc.quick)]
+            if gpu or self.wanted("repeat"):
+                print("GPU-like double, one worker on loopback:", flush=True)
+                stack.start_worker("gpu")
+                for sc in gpu:
                     self.scenario(sc)
-            repeat = self.repeat()
-            print(report.repeat_lines(repeat), flush=True)
-            self.retire_worker("gpu", GPU_MODEL)
+                if self.wanted("repeat"):
+                    repeat = self.repeat()
+                    print(report.repeat_lines(repeat), flush=True)
+                self.retire_worker("gpu", GPU_MODEL)
 
-            print(f"GPU-like double, the worker {RTT_MS:.0f} ms of round trip away:", flush=True)
-            proxy = stack.start_proxy(RTT_MS / 2)
-            stack.start_worker("rtt", server_url=proxy.url)
-            for sc in RTT:
-                if sc.quick or not quick:
+            rtt = [sc for sc in RTT if self.wanted(sc.name, sc.quick)]
+            if rtt:
+                print(
+                    f"GPU-like double, the worker {RTT_MS:.0f} ms of round trip away:", flush=True
+                )
+                proxy = stack.start_proxy(RTT_MS / 2)
+                stack.start_worker("rtt", server_url=proxy.url)
+                for sc in rtt:
                     self.scenario(sc)
-            self.retire_worker("rtt", GPU_MODEL)
-            stack.stop_proxy()
+                self.retire_worker("rtt", GPU_MODEL)
+                stack.stop_proxy()
 
-            print("zero-cost backend:", flush=True)
-            stack.start_worker("zero", EMBEDDING_MODEL=f"zero:{ZERO_MODEL}")
-            for sc in ZERO:
-                self.scenario(sc)
-            soak = self.soak(self.args.soak) if self.args.soak > 0 else None
-            print(report.soak_lines(soak), flush=True)
-            stack.stop_worker("zero")
+            zero = [sc for sc in ZERO if self.wanted(sc.name)]
+            do_soak = self.args.soak > 0 and self.wanted("soak")
+            if zero or do_soak:
+                print("zero-cost backend:", flush=True)
+                stack.start_worker("zero", EMBEDDING_MODEL=f"zero:{ZERO_MODEL}")
+                for sc in zero:
+                    self.scenario(sc)
+                if do_soak:
+                    soak = self.soak(self.args.soak)
+                    print(report.soak_lines(soak), flush=True)
+                stack.stop_worker("zero")
         finally:
             self.load.close()
         return {
@@ -307,6 +326,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help=f"seconds per scenario [{DURATION:g}]")
     parser.add_argument("--warmup", type=float, help=f"seconds of warm-up [{WARMUP:g}]")
     parser.add_argument("--soak", type=float, help=f"seconds of soak, 0: none [{SOAK:g}]")
+    parser.add_argument(
+        "--only",
+        type=lambda v: {n.strip() for n in v.split(",") if n.strip()},
+        default=set(),
+        metavar="NAMES",
+        help="run only these scenarios (comma-separated names from the table, or repeat, soak)",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     parser.add_argument(
         "--pg-setting",
