@@ -340,10 +340,3 @@ SELECT (SELECT coalesce(json_agg(q), '[]')
               FROM embedq_worker, unnest(models) AS m
               WHERE last_seen > now() - interval '60 seconds'
               GROUP BY m) w) AS model_workers;
-
--- model_served --
--- Is model $1 served by a worker seen within the last $2 seconds?
-SELECT EXISTS (
-    SELECT 1 FROM embedq_worker
-    WHERE $1::text = ANY (models) AND last_seen > now() - make_interval(secs => $2::float8)
-);

@@ -20,7 +20,6 @@ from aiohttp import web
 
 from .auth import presented_token
 from .keys import CLIENT_TOKENS, POOL
-from .settings import WORKER_ALIVE
 from .sql import QUERIES
 
 FAILURES_SHOWN = 20
@@ -50,13 +49,6 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f0f0f0}
 svg{background:#fff;border:1px solid #ddd}code{font-size:12px}
 form{margin-top:16px}input{font:inherit;padding:4px 8px}
 """
-
-
-async def model_served(pool: asyncpg.Pool, model: str, alive_seconds: float = WORKER_ALIVE) -> bool:
-    """Is `model` served by a worker seen within `alive_seconds`? A request for a model
-    nobody serves still queues (a worker may come), but the task can say why it waits."""
-    served: bool = await pool.fetchval(QUERIES["model_served"], model, alive_seconds)
-    return served
 
 
 def _authorized(request: web.Request) -> bool:

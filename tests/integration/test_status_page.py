@@ -16,8 +16,6 @@ import tempfile
 import pytest
 from aiohttp.test_utils import TestClient
 
-from embedq_server.keys import POOL
-from embedq_server.status_page import model_served
 from tests.helpers import CLIENT, CLIENT_TOKEN, WORKER
 from tests.integration.test_ops_views import post_results, seed_queue, submit
 
@@ -144,18 +142,6 @@ async def test_a_model_without_a_live_worker_is_flagged(app_client):
     page = await (await client.get("/status", headers=CLIENT)).text()
     assert "no live worker serves this model" in page
     assert "Nothing completed in the last hour." in page
-
-
-async def test_model_served_asks_for_a_live_worker(app_client, db_url):
-    """The helper the task API can use to say why a task waits."""
-    client = await app_client()
-    await seed_queue(client)  # w1 serves m-a, w2 serves m-b
-    pool = client.server.app[POOL]
-    assert await model_served(pool, "m-a") is True
-    assert await model_served(pool, "nobody-serves-this") is False
-    await pool.execute("UPDATE embedq_worker SET last_seen = now() - interval '5 minutes'")
-    assert await model_served(pool, "m-a") is False
-    assert await model_served(pool, "m-a", alive_seconds=600) is True
 
 
 async def test_a_token_that_is_not_utf8_gets_the_login_form(app_client):
