@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import metrics, openai_api, openapi, sdnotify, status_page, tasks_api, worker_api
+from embedq_common import sdnotify
+
+from . import metrics, openai_api, openapi, status_page, tasks_api, worker_api
 from .auth import TokenSet
 from .database import create_pool
 from .errors import error_middleware

@@ -13,7 +13,9 @@ from collections.abc import Iterator, Sequence
 
 from aiohttp import web
 
-from . import __version__, admin, sdnotify
+from embedq_common import sdnotify
+
+from . import __version__, admin
 from .app import create_app
 from .database import apply_migrations, embedded_postgres
 from .logs import setup_logging

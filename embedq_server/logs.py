@@ -4,14 +4,14 @@ shippers, and a request id on every response and every log line of that request.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
-import sys
 import time
 import uuid
 
 from aiohttp import web
+
+from embedq_common import logs as common_logs
 
 from .errors import Handler
 
@@ -29,41 +29,8 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        request_id = getattr(record, "request_id", None)
-        return f"{line} request_id={request_id}" if request_id else line
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        request_id = getattr(record, "request_id", None)
-        if request_id:
-            entry["request_id"] = request_id
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(RequestIdFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    common_logs.setup_logging(fmt, level, filters=(RequestIdFilter(),))
 
 
 @web.middleware

@@ -6,13 +6,12 @@ constants with their unit.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from embedq_common.envconfig import EnvSettings, convert
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -42,12 +41,8 @@ CACHE_TTL = 86400.0  # seconds stored results for repeated texts are kept
 SAMPLE_TOKENS = frozenset({"change-me", "sk-embedq-change-me", "worker-change-me"})
 
 
-def _split(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
-
-
 @dataclass(frozen=True, kw_only=True)
-class Settings:
+class Settings(EnvSettings):
     database_url: str | None = field(
         default=None,
         metadata={"env": "DATABASE_URL", "help": "PostgreSQL URL; unset: embedded PostgreSQL"},
@@ -189,53 +184,7 @@ class Settings:
         if set(self.auth_tokens) & set(self.worker_tokens):
             raise ValueError("a token may not be both a client token and a worker token")
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from environment variables; keyword overrides win."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f.metadata.get("env")
-            if name and env.get(name, "") != "":
-                values[f.name] = _convert(f.type, env[name])
-        values.update(overrides)
-        return cls(**values)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per field, its environment twin named in the help."""
-        for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                default=None,
-                help=f"{f.metadata.get('help', '')} [env {f.metadata['env']}; default {f.default}]",
-            )
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
-        overrides = {
-            f.name: _convert(f.type, getattr(args, f.name))
-            for f in fields(cls)
-            if getattr(args, f.name, None) is not None
-        }
-        return cls.from_env(env, **overrides)
-
-
-def _convert(kind: Any, raw: str) -> Any:
-    kind = str(kind)
-    if "tuple" in kind:
-        return _split(raw)
-    if kind.startswith("int"):
-        return int(raw)
-    if kind.startswith("float"):
-        return float(raw)
-    if "Path" in kind:
-        return Path(raw)
-    return raw
-
 
 def split_list(value: str | Sequence[str]) -> tuple[str, ...]:
     """Comma-separated text (or a sequence) as a tuple of non-empty items."""
-    return _split(value) if isinstance(value, str) else tuple(value)
+    return convert("tuple", value) if isinstance(value, str) else tuple(value)

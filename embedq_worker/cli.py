@@ -8,7 +8,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__, sdnotify
+from embedq_common import sdnotify
+from embedq_common.logs import setup_logging
+
+from . import __version__
 from . import metrics as worker_metrics
 from .backends import build_backends, parse_models
 from .backends.base import Backend, BackendError
@@ -17,30 +20,6 @@ from .server_client import ServerClient
 from .settings import WorkerSettings
 
 log = logging.getLogger("embedq.worker")
-
-
-def setup_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        import json
-
-        class Json(logging.Formatter):
-            def format(self, record: logging.LogRecord) -> str:
-                return json.dumps(
-                    {
-                        "ts": self.formatTime(record),
-                        "level": record.levelname.lower(),
-                        "logger": record.name,
-                        "message": record.getMessage(),
-                    }
-                )
-
-        handler.setFormatter(Json())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 async def start_backends(settings: WorkerSettings) -> dict[str, Backend]:

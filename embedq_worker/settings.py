@@ -5,12 +5,11 @@ Every option has an environment variable twin, named in `--help`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+
+from embedq_common.envconfig import EnvSettings
 
 SERVER_URL = "http://localhost:8000"
 OLLAMA_URL = "http://localhost:11434"
@@ -30,7 +29,7 @@ def default_name() -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class WorkerSettings:
+class WorkerSettings(EnvSettings):
     server_url: str = field(
         default=SERVER_URL, metadata={"env": "SERVER_URL", "help": "the embedq server"}
     )
@@ -61,7 +60,7 @@ class WorkerSettings:
     )
     name: str = field(
         default_factory=default_name,
-        metadata={"env": "WORKER_NAME", "help": "this worker's name"},
+        metadata={"env": "WORKER_NAME", "help": "this worker's name", "default_text": "host-pid"},
     )
     poll_interval: float = field(
         default=POLL_INTERVAL,
@@ -105,59 +104,3 @@ class WorkerSettings:
     @property
     def ollama_urls(self) -> list[str]:
         return [u.strip().rstrip("/") for u in self.ollama_url.split(",") if u.strip()]
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> WorkerSettings:
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f.metadata.get("env")
-            if name and env.get(name, "") != "":
-                values[f.name] = _convert(f.type, env[name])
-        values.update(overrides)
-        return cls(**values)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            env = f.metadata["env"]
-            if f.type == "bool":
-                parser.add_argument(
-                    flag,
-                    dest=f.name,
-                    action="store_const",
-                    const="1",
-                    default=None,
-                    help=f"{f.metadata['help']} [env {env}]",
-                )
-                continue
-            default = "hostname-pid" if f.name == "name" else f.default
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                default=None,
-                help=f"{f.metadata['help']} [env {env}; default {default}]",
-            )
-
-    @classmethod
-    def from_args(
-        cls, args: argparse.Namespace, env: Mapping[str, str] | None = None
-    ) -> WorkerSettings:
-        overrides = {
-            f.name: _convert(f.type, getattr(args, f.name))
-            for f in fields(cls)
-            if getattr(args, f.name, None) is not None
-        }
-        return cls.from_env(env, **overrides)
-
-
-def _convert(kind: Any, raw: str) -> Any:
-    kind = str(kind)
-    if kind == "bool":
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
-    return raw

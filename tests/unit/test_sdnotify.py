@@ -1,13 +1,11 @@
 """sd_notify against a fake systemd: a datagram socket standing in for $NOTIFY_SOCKET.
 
-Both copies (server and worker) run every test, and must stay the same code.
+One module, embedq_common.sdnotify, used by both the server and the worker.
 """
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import inspect
 import os
 import socket
 import tempfile
@@ -20,16 +18,14 @@ from types import ModuleType
 
 import pytest
 
-import embedq_server.sdnotify as server_sdnotify
-import embedq_worker.sdnotify as worker_sdnotify
+import embedq_common.sdnotify as sdnotify_module
 
 TICK = 0.02  # seconds between watchdog pings in the loop tests
 
 
-@pytest.fixture(params=[server_sdnotify, worker_sdnotify], ids=["server", "worker"])
-def sd(request: pytest.FixtureRequest) -> ModuleType:
-    module: ModuleType = request.param
-    return module
+@pytest.fixture
+def sd() -> ModuleType:
+    return sdnotify_module
 
 
 @pytest.fixture(autouse=True)
@@ -272,20 +268,3 @@ def test_a_manager_that_stops_reading_costs_at_most_the_send_timeout(
     # Far past the socket's queue: sends start failing after the timeout, never hang.
     assert not all(sd.watchdog() for _ in range(1000))
     assert time.monotonic() - started < 2
-
-
-def _code_without_docstring(module: ModuleType) -> str:
-    tree = ast.parse(inspect.getsource(module))
-    body = tree.body[1:] if ast.get_docstring(tree) is not None else tree.body
-    return "\n".join(ast.dump(node) for node in body)
-
-
-def test_server_and_worker_copies_are_the_same_code() -> None:
-    # The worker must not import the server package, so the module is copied:
-    # keep the copies from drifting apart.
-    assert _code_without_docstring(server_sdnotify) == _code_without_docstring(worker_sdnotify)
-    for name in ("notify", "ready", "stopping", "watchdog", "status", "watchdog_interval"):
-        assert inspect.signature(getattr(server_sdnotify, name)) == inspect.signature(
-            getattr(worker_sdnotify, name)
-        )
-    assert inspect.iscoroutinefunction(worker_sdnotify.watchdog_loop)

@@ -1,7 +1,7 @@
-"""Tell systemd how the worker is doing (sd_notify), without libsystemd.
+"""Tell systemd how an embedq process is doing (sd_notify), without libsystemd.
 
-A copy of embedq_server/sdnotify.py (the worker never imports the server package);
-tests/unit/test_sdnotify.py runs the same tests on both and checks they match.
+Type=notify units learn READY/STOPPING/WATCHDOG from one datagram on $NOTIFY_SOCKET;
+outside systemd (tests, docker, a shell) every call is a cheap no-op returning False.
 """
 
 from __future__ import annotations
