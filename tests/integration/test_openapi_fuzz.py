@@ -163,6 +163,7 @@ async def test_the_served_description_is_the_built_one(app_client: Any) -> None:
     served = await resp.json()
     assert served == openapi.build_spec(client.app[openapi.SETTINGS])
     assert served["openapi"].startswith("3.1")
+    schemathesis.openapi.from_dict(served).validate()  # against the OpenAPI 3.1 meta-schema
     routes = {(method.upper(), path) for path, item in served["paths"].items() for method in item}
     registered = {
         (r.method, r.resource.canonical)
