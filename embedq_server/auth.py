@@ -17,7 +17,7 @@ from .errors import ApiError
 
 def owner_of(token: str) -> str:
     """A stable, non-reversible name for the client behind a token."""
-    return hashlib.sha256(token.encode()).hexdigest()[:24]
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 class TokenSet:

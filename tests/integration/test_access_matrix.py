@@ -255,12 +255,6 @@ async def test_an_authorization_header_that_is_not_utf8_is_401(app_client: Any) 
     assert status == b"HTTP/1.1 401 Unauthorized"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="auth.py: in open access require() returns the presented token and owner_of() "
-    "calls token.encode(), which raises on a header that is not UTF-8: a 500. Encode with "
-    "'surrogateescape' in owner_of too.",
-)
 async def test_open_access_takes_a_token_that_is_not_utf8(app_client: Any) -> None:
     client = await app_client(auth_tokens=(), worker_tokens=(), host="127.0.0.1")
     head = b"POST /v1/embeddings HTTP/1.1\r\nContent-Type: application/json\r\n" + NOT_UTF8
@@ -268,11 +262,6 @@ async def test_open_access_takes_a_token_that_is_not_utf8(app_client: Any) -> No
     assert status == b"HTTP/1.1 202 Accepted"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metrics.py: _token_ok() calls presented.encode(), which raises on a header that "
-    "is not UTF-8: a 500 when METRICS_TOKEN is set. Encode with 'surrogateescape' there.",
-)
 async def test_a_metrics_token_that_is_not_utf8_is_401(
     app_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
