@@ -301,6 +301,14 @@ async def create_embeddings(request: web.Request) -> web.Response:
     token = require(request, request.app[CLIENT_TOKENS], "client")
     req = parse_request(await read_json(request), settings)
     queue = request.app[QUEUE]
+    if len(req.inputs) > settings.max_pending:  # would never fit: retrying cannot help
+        raise ApiError(
+            400,
+            f"input has {len(req.inputs)} items; the queue holds at most "
+            f"{settings.max_pending} pending inputs: split the request",
+            param="input",
+            code="too_many_inputs",
+        )
     if await queue.pending_inputs() + len(req.inputs) > settings.max_pending:
         raise ApiError(
             429,

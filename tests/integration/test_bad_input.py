@@ -452,6 +452,15 @@ async def test_a_full_queue_answers_429_with_retry_after(app_client: Any) -> Non
     assert (await client.post(EMBEDDINGS, json=fits, headers=CLIENT)).status == 202
 
 
+async def test_a_request_larger_than_the_whole_queue_is_400_not_429(app_client: Any) -> None:
+    # A 429 would be retried by SDKs, but this request can never fit.
+    client = await app_client(max_pending=5)
+    body = {"input": ["x"] * 6, "model": "m", "wait_seconds": 0}
+    resp = await client.post(EMBEDDINGS, json=body, headers=CLIENT)
+    error = await error_of(resp, 400, "input", "at most 5 pending inputs", "split the request")
+    assert error["code"] == "too_many_inputs"
+
+
 async def test_the_queue_accepts_again_once_workers_drain_it(
     app_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
