@@ -93,7 +93,7 @@ _ERROR_STATUS = {
 
 
 def _schemas(settings: Settings) -> Schema:
-    max_inputs = settings.max_inputs
+    max_inputs = min(settings.max_inputs, settings.max_pending)  # more never fits
     max_chars = settings.max_input_chars
     max_wait = int(settings.max_wait)
     text_input = {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": STORABLE}
