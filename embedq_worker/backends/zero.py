@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from collections.abc import Mapping
 
 from .base import BackendInfo, EmbedResult, floats_to_bytes
@@ -19,8 +20,13 @@ REVISION = "zero"
 
 
 def unit_vector(size: int) -> bytes:
-    """A fixed unit-length vector as little-endian float32 bytes (all components equal)."""
-    return floats_to_bytes([1.0 / math.sqrt(size)] * size)
+    """A fixed unit-length vector of `size` pseudo-random components, as little-endian
+    float32 bytes. Random like a real embedding, so PostgreSQL cannot compress it and
+    stores what it stores for real vectors (equal components would shrink to nothing)."""
+    rng = random.Random(f"embedq-zero-{size}")
+    values = [rng.gauss(0.0, 1.0) for _ in range(size)]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return floats_to_bytes([v / norm for v in values])
 
 
 class ZeroBackend:
