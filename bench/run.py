@@ -26,7 +26,7 @@ from . import report
 from .load import Spec
 from .measure import LoadProcess
 from .procs import REPO_ROOT, CpuMeter, rss_kb
-from .scenarios import GPU, RTT, SOAK_SCENARIO, ZERO, Scenario, ceiling, judge
+from .scenarios import FLOOR, GPU, RTT, SOAK_SCENARIO, ZERO, Scenario, ceiling, judge
 from .stack import (
     CLIENT_TOKEN,
     DIM,
@@ -110,7 +110,7 @@ class Bench:
     def meter(self) -> CpuMeter:
         s = self.stack
         groups = {
-            "server": [s.server.pid] if s.server else [],
+            "server": [c.pid for c in (s.server, s.floor) if c is not None],
             "worker": [w.pid for w in s.workers.values()],
             "double": [s.double.pid] if s.double else [],
             "load": [self.load.pid],
@@ -121,6 +121,9 @@ class Bench:
     def spec(self, sc: Scenario, **over: Any) -> Spec:
         assert self.stack.server is not None and self.stack.double is not None
         base = self.stack.server.url + "/v1/embeddings"
+        if sc.via == "floor":
+            assert self.stack.floor is not None
+            base = self.stack.floor.url + "/v1/embeddings"
         values: dict[str, Any] = {
             "url": self.stack.double.url + "/api/embed" if sc.via == "direct" else base,
             "kind": "ollama" if sc.via == "direct" else "embedq",
@@ -137,7 +140,7 @@ class Bench:
         return Spec(**values)
 
     def scenario(self, sc: Scenario) -> dict[str, Any]:
-        gpu = sc.via != "zero"
+        gpu = sc.via not in ("zero", "floor")
         if gpu:
             _double(self.stack, "/_control", {"reset_stats": True})
         result, cpu = self.load.run(self.spec(sc), self.meter())
@@ -261,6 +264,12 @@ class Bench:
         repeat: dict[str, Any] | None = None
         soak: dict[str, Any] | None = None
         try:
+            if self.wanted(FLOOR.name):
+                print("bare aiohttp server (the floor of this machine):", flush=True)
+                stack.start_floor()
+                self.scenario(FLOOR)
+                stack.stop_floor()
+
             gpu = [sc for sc in GPU if self.wanted(sc.name, sc.quick)]
             if gpu or self.wanted("repeat"):
                 print("GPU-like double, one worker on loopback:", flush=True)

@@ -23,7 +23,7 @@ def ceiling(n: int) -> float:
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    via: str  # "direct": the double itself; "embedq": GPU worker; "rtt": it, 50 ms away; "zero"
+    via: str  # "direct": the double; "embedq": GPU worker; "rtt": it, 50 ms away; "zero"; "floor"
     clients: int
     texts: int = 1  # per request
     quick: bool = True  # part of --quick
@@ -33,13 +33,14 @@ class Scenario:
         batch size (embedq never sends a bigger call). Direct scenarios use the cap of their
         embedq twin, so the two read side by side; a capacity probe, its call size. None:
         no GPU (zero-cost)."""
-        if self.via == "zero":
+        if self.via in ("zero", "floor"):
             return None
         if self.name.startswith("cap"):
             return self.texts
         return min(self.clients * self.texts, batch_size)
 
 
+FLOOR = Scenario("floor", "floor", 64)  # bench.floor: the load generator + bare aiohttp
 GPU = [
     Scenario("idle-direct", "direct", 1),
     Scenario("idle", "embedq", 1),

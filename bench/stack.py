@@ -87,6 +87,7 @@ class Stack:
     server: Child | None = None
     double: Child | None = None
     proxy: Child | None = None
+    floor: Child | None = None
     workers: dict[str, Child] = field(default_factory=dict)
 
     def start_server(self, **env: str) -> Child:
@@ -155,6 +156,16 @@ class Stack:
         wait_listening(self.proxy)
         return self.proxy
 
+    def start_floor(self) -> Child:
+        self.floor = spawn("floor", "bench.floor", ["--port", "0"])
+        wait_listening(self.floor)
+        return self.floor
+
+    def stop_floor(self) -> None:
+        if self.floor is not None:
+            self.floor.stop()
+            self.floor = None
+
     def stop_proxy(self) -> None:
         if self.proxy is not None:
             self.proxy.stop()
@@ -165,12 +176,13 @@ class Stack:
         for name in list(self.workers):
             self.stop_worker(name)
         self.stop_proxy()
+        self.stop_floor()
         for child in (self.server, self.double):
             if child is not None:
                 child.stop()
 
     def children(self) -> list[Child]:
-        found = [c for c in (self.server, self.double, self.proxy) if c is not None]
+        found = [c for c in (self.server, self.double, self.proxy, self.floor) if c is not None]
         return found + list(self.workers.values())
 
 
