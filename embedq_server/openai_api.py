@@ -7,6 +7,7 @@ import base64
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,7 +258,7 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(400, "the request body is not valid JSON: a number is too long") from None
 
 
-def embeddings_body(task: Task, rows: list[Any], encoding_format: str) -> dict[str, Any]:
+def embeddings_body(task: Task, rows: Sequence[Any], encoding_format: str) -> dict[str, Any]:
     """The OpenAI response for a finished task."""
     data = []
     total_tokens = 0
@@ -290,7 +291,7 @@ def failure_error(task: Task) -> ApiError:
 async def answer(request: web.Request, task: Task, encoding_format: str) -> web.Response:
     if task.status == "failed":
         raise failure_error(task)
-    rows = await request.app[QUEUE].results(task.id)
+    rows = task.results if task.results is not None else await request.app[QUEUE].results(task.id)
     return web.json_response(
         embeddings_body(task, rows, encoding_format), headers={"X-Embedq-Task": task.id}
     )
@@ -324,10 +325,14 @@ async def create_embeddings(request: web.Request) -> web.Response:
             code="model_not_found",
         )
     started = time.monotonic()
-    task_id, _attached = await queue.submit(owner_of(token), req.model, req.dimensions, req.inputs)
-    task = await queue.wait(task_id, req.wait_seconds)
+    task = await queue.submit_and_wait(
+        owner_of(token), req.model, req.dimensions, req.inputs, req.wait_seconds
+    )
     if task is None:  # pruned between submit and read: only with a tiny RESULT_TTL
-        raise ApiError(503, f"task {task_id} vanished; retry", code="task_vanished")
+        raise ApiError(
+            503, "the task vanished before it could be read; retry", code="task_vanished"
+        )
+    task_id = task.id
     if task.done:
         return await answer(request, task, req.encoding_format)
     if req.explicit_wait:

@@ -1,10 +1,17 @@
 -- submit_task --
--- Insert a task and all its inputs in one statement. Inputs found in the result cache
--- ($7: the cache scope, NULL when the cache is off) are stored completed at once; if any
--- input is left, the claimers of the model are woken. Returns the number of cache hits.
-WITH inputs AS (
+-- Store a request in one statement. An identical request by the same client that has not
+-- failed is reused (a retry attaches to it). Otherwise insert the task and all its inputs;
+-- inputs found in the result cache ($7: the cache scope, NULL when the cache is off) are
+-- stored completed at once, and if any input is left the claimers of the model are woken.
+WITH existing AS MATERIALIZED (
+    SELECT id FROM embedq_task
+    WHERE owner = $2 AND fingerprint = $3 AND failed = 0
+    ORDER BY created_at DESC
+    LIMIT 1
+), inputs AS (
     SELECT u.ord - 1 AS idx, u.input
     FROM unnest($6::text[]) WITH ORDINALITY AS u(input, ord)
+    WHERE NOT EXISTS (SELECT 1 FROM existing)
 ), hits AS MATERIALIZED (
     SELECT i.idx, c.vector, c.tokens, c.model_revision
     FROM inputs i
@@ -21,26 +28,23 @@ WITH inputs AS (
     SELECT $1, $2, $3, $4, $5, cardinality($6::text[]), cardinality($6::text[]) - counted.n,
            CASE WHEN counted.n = cardinality($6::text[]) THEN now() END
     FROM counted
+    WHERE NOT EXISTS (SELECT 1 FROM existing)
     RETURNING id
 ), items AS (
     INSERT INTO embedq_item (task_id, idx, model, dimensions, input, state, vector, tokens,
                              model_revision, completed_at)
-    SELECT $1, i.idx, $4, $5, i.input,
+    SELECT task.id, i.idx, $4, $5, i.input,
            CASE WHEN h.idx IS NULL THEN 'pending' ELSE 'completed' END,
            h.vector, h.tokens, h.model_revision,
            CASE WHEN h.idx IS NOT NULL THEN now() END
-    FROM inputs i LEFT JOIN hits h ON h.idx = i.idx
+    FROM task, inputs i LEFT JOIN hits h ON h.idx = i.idx
 )
-SELECT counted.n AS hits,
-       CASE WHEN counted.n < cardinality($6::text[]) THEN pg_notify('embedq_work', $4) END
+SELECT coalesce((SELECT id FROM existing), $1) AS id,
+       EXISTS (SELECT 1 FROM existing) AS attached,
+       counted.n AS hits,
+       CASE WHEN counted.n < cardinality($6::text[]) AND NOT EXISTS (SELECT 1 FROM existing)
+            THEN pg_notify('embedq_work', $4) END AS woke
 FROM counted;
-
--- find_attachable_task --
--- An identical request by the same client that has not failed: a retry attaches to it.
-SELECT id FROM embedq_task
-WHERE owner = $1 AND fingerprint = $2 AND failed = 0
-ORDER BY created_at DESC
-LIMIT 1;
 
 -- get_task --
 -- One task's summary.
@@ -48,6 +52,21 @@ SELECT id, owner, model, dimensions, n_inputs, remaining, failed, error, error_c
        created_at, finished_at
 FROM embedq_task
 WHERE id = $1;
+
+-- get_task_with_results --
+-- One task's summary, and its vectors and token counts in input order once it completed:
+-- what a woken request needs, in one round trip.
+SELECT t.id, t.owner, t.model, t.dimensions, t.n_inputs, t.remaining, t.failed, t.error,
+       t.error_code, t.created_at, t.finished_at,
+       r.vectors, r.tokens
+FROM embedq_task t
+LEFT JOIN LATERAL (
+    SELECT array_agg(i.vector ORDER BY i.idx) AS vectors,
+           array_agg(coalesce(i.tokens, 0) ORDER BY i.idx) AS tokens
+    FROM embedq_item i
+    WHERE i.task_id = t.id AND t.remaining <= 0 AND t.failed = 0
+) r ON true
+WHERE t.id = $1;
 
 -- task_item_states --
 -- How a task's inputs are spread over the states, for GET /tasks/{id}.

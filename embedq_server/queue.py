@@ -34,6 +34,13 @@ DOWN_RETRY = 0.5  # seconds between re-reads of a waited-for task while the data
 
 
 @dataclass(frozen=True, slots=True)
+class ItemResult:
+    index: int
+    vector: bytes
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class Task:
     id: str
     owner: str
@@ -46,6 +53,7 @@ class Task:
     error_code: str | None
     created_at: datetime
     finished_at: datetime | None
+    results: tuple[ItemResult, ...] | None = None  # in input order, once completed and read
 
     @property
     def done(self) -> bool:
@@ -59,13 +67,6 @@ class Task:
         if self.remaining <= 0:
             return "completed"
         return "pending" if self.remaining == self.n_inputs else "processing"
-
-
-@dataclass(frozen=True, slots=True)
-class ItemResult:
-    index: int
-    vector: bytes
-    tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,29 +146,53 @@ class Queue:
         return self._pending_count
 
     async def submit(
-        self, owner: str, model: str, dimensions: int, inputs: Sequence[str]
-    ) -> tuple[str, bool]:
-        """Store a request; return (task id, attached). An identical request by the same
-        client that has not failed is reused instead of computed again."""
-        print_ = fingerprint(owner, model, dimensions, inputs)
-        existing = await self.pool.fetchval(QUERIES["find_attachable_task"], owner, print_)
-        if existing is not None:
-            return str(existing), True
-        task_id = uuid.uuid4()
-        hits = await self.pool.fetchval(
+        self,
+        owner: str,
+        model: str,
+        dimensions: int,
+        inputs: Sequence[str],
+        task_id: str | None = None,
+    ) -> tuple[str, bool, bool]:
+        """Store a request in one statement; return (task id, attached, finished). An
+        identical request by the same client that has not failed is reused (attached)
+        instead of computed again; inputs found in the cache are stored completed."""
+        task_id = task_id or str(uuid.uuid4())
+        row = await self.pool.fetchrow(
             QUERIES["submit_task"],
-            task_id,
+            uuid.UUID(task_id),
             owner,
-            print_,
+            fingerprint(owner, model, dimensions, inputs),
             model,
             dimensions,
             list(inputs),
             self._cache_scope(owner),
         )
+        if row["attached"]:
+            return str(row["id"]), True, False
+        hits = row["hits"]
         if hits:
             metrics.count_outcome(model, "cached", hits)
         self._pending_count += len(inputs) - hits
-        return str(task_id), False
+        return task_id, False, hits == len(inputs)
+
+    async def submit_and_wait(
+        self, owner: str, model: str, dimensions: int, inputs: Sequence[str], timeout: float
+    ) -> Task | None:
+        """POST /v1/embeddings in one call: store the request, then wait for its result.
+        A task just inserted cannot be done before a notification, so the first read waits
+        for one: the request costs one statement to store and one to answer."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        task_id = str(uuid.uuid4())
+        with self.listener.watch_task(task_id) as woken:  # before the insert commits
+            task_id, attached, finished = await self.submit(
+                owner, model, dimensions, inputs, task_id
+            )
+            if not attached and not finished and timeout > 0:
+                first = min(timeout, self.settings.backstop_interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, first)
+        return await self.wait(task_id, max(deadline - loop.time(), 0.0))
 
     def _cache_scope(self, owner: str) -> str | None:
         mode = self.settings.cache
@@ -176,6 +201,17 @@ class Queue:
     async def get_task(self, task_id: str) -> Task | None:
         row = await self.pool.fetchrow(QUERIES["get_task"], uuid.UUID(task_id))
         return _task(row) if row is not None else None
+
+    async def read(self, task_id: str) -> Task | None:
+        """The task with its results when it completed, in one round trip."""
+        row = await self.pool.fetchrow(QUERIES["get_task_with_results"], uuid.UUID(task_id))
+        if row is None:
+            return None
+        results = None
+        if row["vectors"] is not None:
+            pairs = zip(row["vectors"], row["tokens"], strict=True)
+            results = tuple(ItemResult(i, v, t) for i, (v, t) in enumerate(pairs))
+        return _task(row, results)
 
     async def wait(self, task_id: str, timeout: float) -> Task | None:
         """Wait until the task is done or the timeout passes; return its latest state.
@@ -187,7 +223,7 @@ class Queue:
         while True:
             with self.listener.watch_task(task_id) as woken:
                 try:
-                    task = await self.get_task(task_id)
+                    task = await self.read(task_id)
                 except DATABASE_DOWN as exc:
                     if deadline - loop.time() <= 0 or self.closing:
                         raise TaskUnreachable(task_id) from exc
@@ -388,7 +424,7 @@ class Queue:
         return stats
 
 
-def _task(row: asyncpg.Record) -> Task:
+def _task(row: asyncpg.Record, results: tuple[ItemResult, ...] | None = None) -> Task:
     return Task(
         id=str(row["id"]),
         owner=row["owner"],
@@ -401,6 +437,7 @@ def _task(row: asyncpg.Record) -> Task:
         error_code=row["error_code"],
         created_at=row["created_at"],
         finished_at=row["finished_at"],
+        results=results,
     )
 
 
