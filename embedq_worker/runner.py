@@ -22,6 +22,7 @@ from .backends.base import (
     InputRejected,
     ModelNotFound,
 )
+from .pacing import CostModel, RoundTrips
 from .server_client import (
     Batch,
     Item,
@@ -79,6 +80,9 @@ class Runner:
         self._posts: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._calls: dict[object, float] = {}  # backend calls in progress -> start time
+        self._costs: dict[str, CostModel] = {}  # per model
+        self._round_trips = RoundTrips()
+        self._expected_ends: dict[object, float] = {}  # batches computing -> expected end
 
     async def healthy(self) -> bool:
         """For the systemd watchdog: no backend call is wedged (running far past its
@@ -164,8 +168,10 @@ class Runner:
         backoff = self.settings.poll_interval
         while not self._stop.is_set():
             await self._capacity.acquire()
+            await self._sleep(self._prefetch_delay())
             try:
                 wait = 0.0 if self.settings.burst else self.settings.claim_wait
+                sent = time.monotonic()
                 batch = await self.client.claim(self.settings.batch_size, wait)
             except ServerError as exc:
                 self._capacity.release()
@@ -177,6 +183,8 @@ class Runner:
                 self._capacity.release()
                 raise
             backoff = self.settings.poll_interval
+            if batch.items:
+                self._round_trips.observe(time.monotonic() - sent)
             if not batch.items:
                 self._capacity.release()
                 self.stats.empty_claims += 1
@@ -186,6 +194,14 @@ class Runner:
                 continue
             self._held[batch.lease] = batch
             await self._ready.put(batch)
+
+    def _prefetch_delay(self) -> float:
+        """How long to hold the next claim: none while a compute slot is idle; otherwise
+        until the first busy slot is expected to free up, less a claim's round trip."""
+        if len(self._expected_ends) < self.slots:
+            return 0.0
+        free_at = min(self._expected_ends.values())
+        return max(0.0, free_at - self._round_trips.estimate() - time.monotonic())
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -214,8 +230,13 @@ class Runner:
         backend = self.backends[batch.model]
         backoff = self.settings.poll_interval
         deadline = time.monotonic() + self.settings.backend_retry_limit
+        cost = self._costs.setdefault(batch.model, CostModel())
         while True:
             started = time.monotonic()
+            expected = cost.estimate(len(batch.items))
+            slot = object()
+            # Unknown cost: assume it frees now, so the next claim is not held back.
+            self._expected_ends[slot] = started + (expected or 0.0)
             try:
                 outcome = await self._compute(backend, batch, batch.items)
             except BackendUnavailable as exc:
@@ -236,7 +257,11 @@ class Runner:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
+            finally:
+                del self._expected_ends[slot]
             elapsed = time.monotonic() - started
+            if not outcome.failures:
+                cost.observe(len(batch.items), elapsed)
             self.stats.batches += 1
             self.stats.texts += len(outcome.results)
             self.stats.failed += len(outcome.failures)
