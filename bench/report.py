@@ -83,7 +83,7 @@ def soak_lines(soak: dict[str, Any] | None) -> str:
         first, last = soak["rss_kib"][name][0], soak["rss_kib"][name][-1]
         parts.append(
             f"{name} RSS {first / 1024:.1f} -> {last / 1024:.1f} MiB, "
-            f"{_fmt(growth, 2)} KiB per 1,000 requests after warm-up"
+            f"{_fmt(growth, 2)} KiB per 1,000 requests in the second half"
         )
     return (
         f"soak: {soak['requests']:,} requests in {soak['seconds']:.0f}s "
