@@ -11,9 +11,9 @@ from pathlib import Path
 
 from tests.doubles.common import REPO_ROOT
 
-SCENARIOS = {"idle-direct", "idle", "c32-direct", "c32", "c256", "t100", "c32-rtt", "zero-1",
-             "zero-100"}  # fmt: skip
-WORKING = ("idle-direct", "idle", "zero-1")  # answer within a 1-second window even when busy
+SCENARIOS = {"floor", "idle-direct", "idle", "c32-direct", "c32", "c256", "t100", "c32-rtt",
+             "zero-1", "zero-100"}  # fmt: skip
+WORKING = ("floor", "idle-direct", "idle", "zero-1")  # answer within a 1-s window even when busy
 SCENARIO_KEYS = {"via", "clients", "texts_per_request", "requests", "rps", "tps", "p50_ms",
                  "p99_ms", "errors", "ceiling", "ceiling_pct", "cpu"}  # fmt: skip
 
