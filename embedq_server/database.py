@@ -92,9 +92,10 @@ def apply_migrations(url: str) -> list[str]:
     return applied
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # A stuck transaction must not hold locks or stop vacuum forever.
-    await conn.execute("SET idle_in_transaction_session_timeout = '60s'")
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's RESET ALL / UNLISTEN / advisory-unlock round trip: pool
+    connections never change session state (LISTEN has its own connection; maintenance
+    takes transaction-scoped locks), and asyncpg still ends any open transaction."""
 
 
 async def create_pool(url: str, *, min_size: int, max_size: int, **kw: Any) -> asyncpg.Pool:
@@ -102,9 +103,11 @@ async def create_pool(url: str, *, min_size: int, max_size: int, **kw: Any) -> a
         url,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        reset=_keep_session,
         timeout=CONNECT_TIMEOUT,
         command_timeout=60,
+        # A stuck transaction must not hold locks or stop vacuum forever.
+        server_settings={"idle_in_transaction_session_timeout": "60s"},
         **kw,
     )
     assert pool is not None

@@ -13,11 +13,17 @@ WITH existing AS MATERIALIZED (
     FROM unnest($6::text[]) WITH ORDINALITY AS u(input, ord)
     WHERE NOT EXISTS (SELECT 1 FROM existing)
 ), hits AS MATERIALIZED (
+    -- One primary-key probe per input (LATERAL ... LIMIT 1): planned as a join, the lookup
+    -- walked all of a client's cached rows once the cache grew past its first statistics.
     SELECT i.idx, c.vector, c.tokens, c.model_revision
     FROM inputs i
-    JOIN embedq_cache c
-      ON c.scope = $7 AND c.model = $4 AND c.dimensions = $5
-     AND c.text_hash = sha256(convert_to(i.input, 'UTF8'))
+    CROSS JOIN LATERAL (
+        SELECT c.vector, c.tokens, c.model_revision
+        FROM embedq_cache c
+        WHERE c.scope = $7 AND c.model = $4 AND c.dimensions = $5
+          AND c.text_hash = sha256(convert_to(i.input, 'UTF8'))
+        LIMIT 1
+    ) c
     LEFT JOIN embedq_model m ON m.model = $4
     WHERE $7 IS NOT NULL AND c.model_revision IS NOT DISTINCT FROM m.revision
 ), counted AS (

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -261,10 +261,17 @@ class Queue:
         )
 
     async def claim(
-        self, worker: WorkerInfo, models: Sequence[str], max_items: int, wait: float
+        self,
+        worker: WorkerInfo,
+        models: Sequence[str],
+        max_items: int,
+        wait: float,
+        gone: Callable[[], bool] = lambda: False,
     ) -> Claim:
         """Lease up to max_items inputs of one model; if there are none, wait up to `wait`
-        seconds for a "new work" notification and try again."""
+        seconds for a "new work" notification and try again. `gone` says the worker hung up
+        (it stopped): then nothing is leased, or what was just leased is handed back, rather
+        than left leased to nobody until the lease expires."""
         await self.touch_worker(worker)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -272,6 +279,8 @@ class Queue:
         max_items = max(1, min(max_items, self.settings.max_batch))
         while True:
             signal = self.listener.work_signal()
+            if gone():
+                return Claim(str(lease), [])
             rows = await self._fetch_keeping_result(
                 QUERIES["claim_items"],
                 list(models),
@@ -282,6 +291,9 @@ class Queue:
             )
             if rows:
                 items = sorted((_claimed(r) for r in rows), key=lambda i: i.id)
+                if gone():
+                    await self.release(str(lease), [i.id for i in items])
+                    return Claim(str(lease), [])
                 metrics.observe_claim(items[0].model, len(items))
                 return Claim(str(lease), items)
             left = deadline - loop.time()

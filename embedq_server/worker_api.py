@@ -119,7 +119,11 @@ async def claim(request: web.Request) -> web.Response:
     if wait < 0:
         raise ApiError(400, "wait_seconds must be at least 0", param="wait_seconds")
     result = await request.app[QUEUE].claim(
-        info, info.models, max_items, min(float(wait), settings.claim_wait)
+        info,
+        info.models,
+        max_items,
+        min(float(wait), settings.claim_wait),
+        gone=lambda: request.transport is None or request.transport.is_closing(),
     )
     return web.json_response(
         {

@@ -8,6 +8,7 @@ import base64
 import struct
 from typing import Any
 
+import aiohttp
 import asyncpg
 from aiohttp.test_utils import TestClient
 
@@ -240,3 +241,50 @@ async def test_waiters_recover_when_the_listener_connection_is_killed(app_client
     answer = await asyncio.wait_for(request, 15)
     assert answer.status == 200
     assert (await answer.json())["data"][0]["embedding"] == [3.0]
+
+
+async def test_a_worker_that_hangs_up_mid_long_poll_leases_nothing(db_url):
+    # A real AppRunner, as in production: aiohttp does not cancel a handler whose client
+    # hung up (the test server would, and hide the problem).
+    from aiohttp import web
+
+    from embedq_server.app import create_app
+    from tests.conftest import free_port
+    from tests.helpers import make_settings
+
+    app = create_app(make_settings(backstop_interval=0.2), db_url)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            claimer = asyncio.create_task(
+                session.post(
+                    f"{base}/worker/claim",
+                    json={"worker": "gone", "models": ["m"], "wait_seconds": 20},
+                    headers=WORKER,
+                )
+            )
+            await asyncio.sleep(0.5)
+            claimer.cancel()  # the worker stops: its HTTP request is dropped
+            await asyncio.sleep(0.3)
+            async with session.post(
+                f"{base}/v1/embeddings",
+                json={"model": "m", "input": "after the hang-up", "wait_seconds": 0},
+                headers=CLIENT,
+            ) as resp:
+                assert resp.status == 202
+            await asyncio.sleep(1.0)  # the orphaned handler's loop has run by now
+        rows = list(await app[POOL].fetch("SELECT state, attempts FROM embedq_item"))
+        assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 0)]
+    finally:
+        await runner.cleanup()
+
+
+async def test_pool_connections_keep_the_idle_transaction_timeout(app_client):
+    client = await app_client()
+    pool = client.server.app[POOL]  # type: ignore[union-attr]
+    for _ in range(3):  # across releases (no RESET ALL undoes it)
+        assert await pool.fetchval("SHOW idle_in_transaction_session_timeout") == "1min"
