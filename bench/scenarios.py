@@ -44,9 +44,8 @@ FLOOR = Scenario("floor", "floor", 64)  # bench.floor: the load generator + bare
 GPU = [
     Scenario("idle-direct", "direct", 1),
     Scenario("idle", "embedq", 1),
-    # What the double really gives with 32 and 64 new texts per call, kept busy: it encodes
-    # each answer on its one event loop before the next call can take its gate, so it falls
-    # short of the formula (bench/README.md).
+    # What the double really gives with 32 and 64 new texts per call, kept busy: % ceil is
+    # only fair while these stay near the formula (they fell to ~60% before 93a47ac).
     Scenario("cap32-direct", "direct", 4, 32, quick=False),
     Scenario("c32-direct", "direct", 32),
     Scenario("c32", "embedq", 32),
