@@ -52,10 +52,17 @@ class Child:
 
 
 def spawn(
-    name: str, module: str, args: Iterable[str] = (), env: Mapping[str, str] | None = None
+    name: str,
+    module: str,
+    args: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+    log_dir: Path | None = None,
 ) -> Child:
-    """Start `python -m module args` in the repository with env added; output to a log file."""
-    log = tempfile.NamedTemporaryFile(prefix=f"embedq-bench-{name}-", suffix=".log", delete=False)
+    """Start `python -m module args` in the repository with env added; output to a log file
+    in `log_dir` (the run's own directory, kept only when the run fails)."""
+    log = tempfile.NamedTemporaryFile(
+        prefix=f"embedq-bench-{name}-", suffix=".log", delete=False, dir=log_dir
+    )
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", module, *args],

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
@@ -89,6 +91,7 @@ class Stack:
     proxy: Child | None = None
     floor: Child | None = None
     workers: dict[str, Child] = field(default_factory=dict)
+    log_dir: Path | None = None  # the children's logs
 
     def start_server(self, **env: str) -> Child:
         port = free_port()
@@ -96,7 +99,8 @@ class Stack:
             "server",
             "embedq_server.cli",
             ["serve"],
-            {
+            log_dir=self.log_dir,
+            env={
                 "DATABASE_URL": self.db_url,
                 "SERVER_HOST": "127.0.0.1",
                 "SERVER_PORT": str(port),
@@ -118,6 +122,7 @@ class Stack:
                 "--fixed-ms", str(FIXED_MS),
                 "--per-text-ms", str(PER_TEXT_MS),
             ],
+            log_dir=self.log_dir,
         )  # fmt: skip
         wait_listening(self.double)
         return self.double
@@ -138,6 +143,7 @@ class Stack:
                 "ZERO_DIM": str(DIM),
                 **env,
             },
+            log_dir=self.log_dir,
         )
         wait_for_log(child, "embedq-worker ")
         self.workers[name] = child
@@ -152,12 +158,12 @@ class Stack:
         assert self.server is not None
         target = self.server.url.removeprefix("http://")
         args = ["--target", target, "--delay-ms", str(delay_ms)]
-        self.proxy = spawn("proxy", "bench.proxy", args)
+        self.proxy = spawn("proxy", "bench.proxy", args, log_dir=self.log_dir)
         wait_listening(self.proxy)
         return self.proxy
 
     def start_floor(self) -> Child:
-        self.floor = spawn("floor", "bench.floor", ["--port", "0"])
+        self.floor = spawn("floor", "bench.floor", ["--port", "0"], log_dir=self.log_dir)
         wait_listening(self.floor)
         return self.floor
 
@@ -191,10 +197,18 @@ def running_stack(pg_settings: Mapping[str, str] | None = None) -> Iterator[Stac
     """PostgreSQL, a bench database, the server and the double; stopped in reverse."""
     with postgres_server() as pg_url, bench_database(pg_url, pg_settings) as db_url:
         host = parse_qs(urlsplit(db_url).query).get("host", [""])[0]  # embedded: its socket dir
-        stack = Stack(db_url, postgres_marker=host)
+        logs = Path(tempfile.mkdtemp(prefix="embedq-bench-logs-"))
+        stack = Stack(db_url, postgres_marker=host, log_dir=logs)
+        failed = False
         try:
             stack.start_double()
             stack.start_server()
             yield stack
+        except BaseException:
+            failed = True
+            print(f"the processes' logs are kept in {logs}", file=sys.stderr)
+            raise
         finally:
             stack.stop()
+            if not failed:
+                shutil.rmtree(logs, ignore_errors=True)
