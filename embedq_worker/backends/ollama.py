@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from .base import (
     BackendError,
@@ -236,10 +237,12 @@ class OllamaBackend:
         if status != 200:
             raise _status_error(inst.url, model, status, raw)
         try:
-            body = json.loads(raw)
+            # orjson: stdlib json took half the worker's CPU here (13 ms per 64 vectors),
+            # time the GPU spent waiting for the next batch.
+            body = orjson.loads(raw)
             embeddings = body["embeddings"]
             vectors = [floats_to_bytes(vector) for vector in embeddings]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
             raise BackendError(f"ollama at {inst.url} sent a malformed answer: {exc!r}") from exc
         if len(vectors) != len(texts):
             raise BackendError(
