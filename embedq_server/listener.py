@@ -77,6 +77,16 @@ class Listener:
                 if not waiters:
                     del self._task_waiters[task_id]
 
+    def announce_work(self) -> None:
+        """New work was stored by this process: wake its claimers without a round trip."""
+        self._bump_work()
+
+    def announce_done(self, task_ids: list[str]) -> None:
+        """Tasks this process just settled: wake their waiters without waiting for the
+        NOTIFY (which still tells the other processes). Waiters re-read, so a task that is
+        not finished yet only costs a read."""
+        self._on_done(None, 0, DONE_CHANNEL, ",".join(task_ids))
+
     def work_signal(self) -> asyncio.Event:
         """An event set by the next "new work" notification. Take it *before* claiming, so
         work announced between an empty claim and the wait is not missed."""

@@ -2,7 +2,7 @@
 -- Store a request in one statement. An identical request by the same client that has not
 -- failed is reused (a retry attaches to it). Otherwise insert the task and all its inputs;
 -- inputs found in the result cache ($7: the cache scope, NULL when the cache is off) are
--- stored completed at once, and if any input is left the claimers of the model are woken.
+-- stored completed at once. The caller wakes the claimers if any input is left.
 WITH existing AS MATERIALIZED (
     SELECT id FROM embedq_task
     WHERE owner = $2 AND fingerprint = $3 AND failed = 0
@@ -47,10 +47,14 @@ WITH existing AS MATERIALIZED (
 )
 SELECT coalesce((SELECT id FROM existing), $1) AS id,
        EXISTS (SELECT 1 FROM existing) AS attached,
-       counted.n AS hits,
-       CASE WHEN counted.n < cardinality($6::text[]) AND NOT EXISTS (SELECT 1 FROM existing)
-            THEN pg_notify('embedq_work', $4) END AS woke
+       counted.n AS hits
 FROM counted;
+
+-- notify_work --
+-- Tell claimers in other server processes that a model has new pending work. Sent at most
+-- once per model per few milliseconds (see Queue.announce_work), not in every submit: each
+-- notifying commit holds PostgreSQL's global notify lock through its WAL flush.
+SELECT pg_notify('embedq_work', $1);
 
 -- get_task --
 -- One task's summary.
@@ -169,6 +173,7 @@ WITH results AS (
     WHERE embedq_cache.model_revision IS DISTINCT FROM excluded.model_revision
 )
 SELECT coalesce(array_agg(id), '{}') AS ids,
+       coalesce(array_agg(DISTINCT task_id), '{}') AS task_ids,
        coalesce(array_agg(extract(epoch FROM claimed_at - created_at)::float8), '{}')
            AS queue_waits,
        coalesce(array_agg(extract(epoch FROM clock_timestamp() - claimed_at)::float8), '{}')

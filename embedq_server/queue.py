@@ -30,6 +30,7 @@ log = logging.getLogger("embedq.queue")
 PENDING_CACHE_SECONDS = 1.0  # how stale the backpressure count may be
 WORKER_TOUCH_SECONDS = 5.0  # how often a worker's registration row is refreshed
 SERVED_CACHE_SECONDS = 2.0  # how stale "which models have a live worker" may be
+WORK_NOTIFY_INTERVAL = 0.02  # seconds: at most one cross-process "new work" NOTIFY per model
 DOWN_RETRY = 0.5  # seconds between re-reads of a waited-for task while the database is down
 
 
@@ -128,6 +129,9 @@ class Queue:
         self._worker_touched: dict[str, float] = {}
         self._revisions: dict[str, str | None] = {}
         self._served: tuple[frozenset[str], float] = (frozenset(), float("-inf"))
+        self._work_notified: dict[str, float] = {}  # model -> when work was last announced
+        self._work_trailing: set[str] = set()  # models with a trailing announcement due
+        self._background: set[asyncio.Task[None]] = set()
         self.closing = False
 
     def close(self) -> None:
@@ -173,7 +177,36 @@ class Queue:
         if hits:
             metrics.count_outcome(model, "cached", hits)
         self._pending_count += len(inputs) - hits
+        if hits < len(inputs):
+            self.announce_work(model)
         return task_id, False, hits == len(inputs)
+
+    def announce_work(self, model: str) -> None:
+        """Wake claimers of new work: in this process at once; in other server processes by
+        at most one NOTIFY per model per WORK_NOTIFY_INTERVAL (a trailing one covers the
+        submits in between), since every notifying commit serialises on PostgreSQL's
+        global notify lock through its WAL flush."""
+        self.listener.announce_work()
+        loop = asyncio.get_running_loop()
+        since = loop.time() - self._work_notified.get(model, float("-inf"))
+        if since >= WORK_NOTIFY_INTERVAL:
+            self._send_work_notify(model)
+        elif model not in self._work_trailing:
+            self._work_trailing.add(model)
+            loop.call_later(WORK_NOTIFY_INTERVAL - since, self._send_work_notify, model)
+
+    def _send_work_notify(self, model: str) -> None:
+        self._work_trailing.discard(model)
+        self._work_notified[model] = asyncio.get_running_loop().time()
+        task = asyncio.create_task(self._notify_work(model), name="notify-work")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _notify_work(self, model: str) -> None:
+        try:
+            await self.pool.execute(QUERIES["notify_work"], model)
+        except DATABASE_DOWN as exc:  # the listeners' reconnect wakes every claimer anyway
+            log.warning("could not announce work model=%s error=%r", model, exc)
 
     async def submit_and_wait(
         self, owner: str, model: str, dimensions: int, inputs: Sequence[str], timeout: float
@@ -341,6 +374,7 @@ class Queue:
         lease_id = uuid.UUID(lease)
         done: list[int] = []
         failed: list[int] = []
+        woken: list[str] = []
         async with self.pool.acquire() as conn, conn.transaction():
             if results:
                 row = await conn.fetchrow(
@@ -354,6 +388,7 @@ class Queue:
                 )
                 done = list(row["ids"])
                 if done:
+                    woken = [str(t) for t in row["task_ids"]]
                     await self._note_revision(conn, row["model"], model_revision)
                     metrics.observe_completed(
                         row["model"], row["queue_waits"], row["computes"], row["totals"]
@@ -372,6 +407,8 @@ class Queue:
                 if failed:
                     metrics.count_outcome(row["model"], "failed", row["failed"])
                     metrics.count_outcome(row["model"], "requeued", row["requeued"])
+        if woken:  # committed: wake this process's waiters now, the NOTIFY tells the rest
+            self.listener.announce_done(woken)
         return done, failed
 
     async def _note_revision(

@@ -288,3 +288,34 @@ async def test_reject_policy_refuses_a_model_nobody_serves(app_client):
         headers=CLIENT,
     )
     assert ok.status == 202
+
+
+async def test_two_server_processes_wake_each_other(app_client):
+    # Two servers on one database, notifications as the only path (20 s backstops).
+    front = await app_client(backstop_interval=20.0)
+    back = await app_client(backstop_interval=20.0)
+    claimer = asyncio.create_task(claim(back, wait=25))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    request = asyncio.create_task(
+        front.post(
+            "/v1/embeddings",
+            json={"model": "m", "input": "x", "wait_seconds": 25},
+            headers=CLIENT,
+        )
+    )
+    batch = await claimer  # woken by front's NOTIFY, not by a timer
+    assert [i["input"] for i in batch["items"]] == ["x"]
+    resp = await back.post(
+        "/worker/complete",
+        json={
+            "worker": "w",
+            "lease": batch["lease"],
+            "results": [{"id": batch["items"][0]["id"], "embedding": vec(4.0), "tokens": 1}],
+        },
+        headers=WORKER,
+    )
+    assert resp.status == 200
+    answer = await request  # woken by back's NOTIFY
+    assert (await answer.json())["data"][0]["embedding"] == [4.0]
+    assert time.monotonic() - started < 10.0
