@@ -41,15 +41,15 @@ test-fast: install
 	$(BIN)/python -m pytest -q -x tests/unit tests/integration
 
 lint: install
-	$(BIN)/ruff check embedq_server embedq_worker tests bench
-	$(BIN)/ruff format --check embedq_server embedq_worker tests bench
+	$(BIN)/ruff check embedq_common embedq_server embedq_worker tests bench
+	$(BIN)/ruff format --check embedq_common embedq_server embedq_worker tests bench
 
 format: install
-	$(BIN)/ruff format embedq_server embedq_worker tests bench
-	$(BIN)/ruff check --fix embedq_server embedq_worker tests bench
+	$(BIN)/ruff format embedq_common embedq_server embedq_worker tests bench
+	$(BIN)/ruff check --fix embedq_common embedq_server embedq_worker tests bench
 
 typecheck: install
-	$(BIN)/mypy embedq_server embedq_worker
+	$(BIN)/mypy embedq_common embedq_server embedq_worker
 
 bench: install
 	$(BIN)/python -m bench.run
