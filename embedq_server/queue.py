@@ -369,13 +369,15 @@ class Queue:
         failures: Sequence[Failure] = (),
         model_revision: str | None = None,
     ) -> tuple[list[int], list[int]]:
-        """Store results and failures under the lease, in one transaction; return the ids
-        accepted for each. Items no longer held under the lease are left alone."""
+        """Store results and failures under the lease; return the ids accepted for each.
+        Items no longer held under the lease are left alone. Each statement is fenced on its
+        own and commits alone (no BEGIN/COMMIT round trips on the hot path): results and
+        failures of one batch need not land together."""
         lease_id = uuid.UUID(lease)
         done: list[int] = []
         failed: list[int] = []
         woken: list[str] = []
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn:
             if results:
                 row = await conn.fetchrow(
                     QUERIES["complete_items"],
