@@ -10,11 +10,6 @@ from dataclasses import fields
 from typing import Any, Self
 
 
-def env_field_names(cls: type) -> dict[str, str]:
-    """field name -> environment variable, for every field of a settings class."""
-    return {f.name: f.metadata["env"] for f in fields(cls)}
-
-
 def convert(kind: Any, raw: str) -> Any:
     """Text from the environment or a flag -> the field's type (annotations are strings)."""
     kind = str(kind)

@@ -7,11 +7,10 @@ constants with their unit.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedq_common.envconfig import EnvSettings, convert
+from embedq_common.envconfig import EnvSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -183,8 +182,3 @@ class Settings(EnvSettings):
             )
         if set(self.auth_tokens) & set(self.worker_tokens):
             raise ValueError("a token may not be both a client token and a worker token")
-
-
-def split_list(value: str | Sequence[str]) -> tuple[str, ...]:
-    """Comma-separated text (or a sequence) as a tuple of non-empty items."""
-    return convert("tuple", value) if isinstance(value, str) else tuple(value)
