@@ -63,9 +63,9 @@ SELECT id, owner, model, dimensions, n_inputs, remaining, failed, error, error_c
 FROM embedq_task
 WHERE id = $1;
 
--- get_task_with_results --
--- One task's summary, and its vectors and token counts in input order once it completed:
--- what a woken request needs, in one round trip.
+-- get_tasks_with_results --
+-- Tasks' summaries, with their vectors and token counts in input order once completed:
+-- what woken requests need. Reads of requests woken together go in one statement.
 SELECT t.id, t.owner, t.model, t.dimensions, t.n_inputs, t.remaining, t.failed, t.error,
        t.error_code, t.created_at, t.finished_at,
        r.vectors, r.tokens
@@ -76,7 +76,7 @@ LEFT JOIN LATERAL (
     FROM embedq_item i
     WHERE i.task_id = t.id AND t.remaining <= 0 AND t.failed = 0
 ) r ON true
-WHERE t.id = $1;
+WHERE t.id = ANY ($1::uuid[]);
 
 -- task_item_states --
 -- How a task's inputs are spread over the states, for GET /tasks/{id}.

@@ -132,6 +132,8 @@ class Queue:
         self._work_notified: dict[str, float] = {}  # model -> when work was last announced
         self._work_trailing: set[str] = set()  # models with a trailing announcement due
         self._background: set[asyncio.Task[None]] = set()
+        self._reads: dict[str, list[asyncio.Future[Task | None]]] = {}  # waiting to be read
+        self._read_flush: asyncio.Task[None] | None = None
         self.closing = False
 
     def close(self) -> None:
@@ -236,15 +238,33 @@ class Queue:
         return _task(row) if row is not None else None
 
     async def read(self, task_id: str) -> Task | None:
-        """The task with its results when it completed, in one round trip."""
-        row = await self.pool.fetchrow(QUERIES["get_task_with_results"], uuid.UUID(task_id))
-        if row is None:
-            return None
-        results = None
-        if row["vectors"] is not None:
-            pairs = zip(row["vectors"], row["tokens"], strict=True)
-            results = tuple(ItemResult(i, v, t) for i, (v, t) in enumerate(pairs))
-        return _task(row, results)
+        """The task, with its results when it completed. Reads asked for in the same turn of
+        the event loop (the requests one completed batch woke) share one statement."""
+        fut: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
+        self._reads.setdefault(task_id, []).append(fut)
+        if self._read_flush is None or self._read_flush.done():
+            self._read_flush = asyncio.create_task(self._flush_reads(), name="read-tasks")
+        return await fut
+
+    async def _flush_reads(self) -> None:
+        await asyncio.sleep(0)  # let the other waiters woken with this one queue up
+        while self._reads:
+            batch, self._reads = self._reads, {}
+            try:
+                rows = await self.pool.fetch(
+                    QUERIES["get_tasks_with_results"], [uuid.UUID(t) for t in batch]
+                )
+            except Exception as exc:
+                for futures in batch.values():
+                    for fut in futures:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                continue
+            found = {str(row["id"]): _task_with_results(row) for row in rows}
+            for task_id, futures in batch.items():
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_result(found.get(task_id))
 
     async def wait(self, task_id: str, timeout: float) -> Task | None:
         """Wait until the task is done or the timeout passes; return its latest state.
@@ -473,6 +493,14 @@ class Queue:
                 stats["pruned"],
             )
         return stats
+
+
+def _task_with_results(row: asyncpg.Record) -> Task:
+    results = None
+    if row["vectors"] is not None:
+        pairs = zip(row["vectors"], row["tokens"], strict=True)
+        results = tuple(ItemResult(i, v, t) for i, (v, t) in enumerate(pairs))
+    return _task(row, results)
 
 
 def _task(row: asyncpg.Record, results: tuple[ItemResult, ...] | None = None) -> Task:
