@@ -56,13 +56,6 @@ FROM counted;
 -- notifying commit holds PostgreSQL's global notify lock through its WAL flush.
 SELECT pg_notify('embedq_work', $1);
 
--- get_task --
--- One task's summary.
-SELECT id, owner, model, dimensions, n_inputs, remaining, failed, error, error_code,
-       created_at, finished_at
-FROM embedq_task
-WHERE id = $1;
-
 -- get_tasks_with_results --
 -- Tasks' summaries, with their vectors and token counts in input order once completed:
 -- what woken requests need. Reads of requests woken together go in one statement.
@@ -87,13 +80,6 @@ SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
        min(claimed_at) AS started_at
 FROM embedq_item
 WHERE task_id = $1;
-
--- task_results --
--- The vectors and token counts of a task, in input order.
-SELECT idx, vector, tokens, model_revision
-FROM embedq_item
-WHERE task_id = $1
-ORDER BY idx;
 
 -- pending_count --
 -- Inputs waiting for a worker, for backpressure.

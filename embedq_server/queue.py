@@ -233,10 +233,6 @@ class Queue:
         mode = self.settings.cache
         return None if mode == "off" else "" if mode == "global" else owner
 
-    async def get_task(self, task_id: str) -> Task | None:
-        row = await self.pool.fetchrow(QUERIES["get_task"], uuid.UUID(task_id))
-        return _task(row) if row is not None else None
-
     async def read(self, task_id: str) -> Task | None:
         """The task, with its results when it completed. Reads asked for in the same turn of
         the event loop (the requests one completed batch woke) share one statement."""
@@ -289,10 +285,6 @@ class Queue:
                     await asyncio.wait_for(woken, min(left, self.settings.backstop_interval))
                 except TimeoutError:
                     pass
-
-    async def results(self, task_id: str) -> list[ItemResult]:
-        rows = await self.pool.fetch(QUERIES["task_results"], uuid.UUID(task_id))
-        return [ItemResult(r["idx"], r["vector"], r["tokens"] or 0) for r in rows]
 
     async def item_states(self, task_id: str) -> asyncpg.Record:
         return await self.pool.fetchrow(QUERIES["task_item_states"], uuid.UUID(task_id))

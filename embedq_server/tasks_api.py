@@ -31,7 +31,7 @@ async def _own_task(request: web.Request) -> Task:
         raise ApiError(
             404, f"no task {raw[:100]}", param="task_id", code="task_not_found"
         ) from None
-    task = await request.app[QUEUE].get_task(task_id)
+    task = await request.app[QUEUE].read(task_id)
     if task is None or task.owner != owner_of(token):
         raise ApiError(404, f"no task {task_id}", param="task_id", code="task_not_found")
     return task
@@ -103,7 +103,7 @@ async def get_task(request: web.Request) -> web.Response:
         err = failure_error(task)
         body["error"] = {"message": err.message, "code": err.code}
     elif task.status == "completed":
-        body["result"] = embeddings_body(task, await queue.results(task.id), fmt)
+        body["result"] = embeddings_body(task, task.results or (), fmt)
     return web.json_response(body)
 
 
