@@ -92,9 +92,6 @@ class Listener:
         work announced between an empty claim and the wait is not missed."""
         return self._work
 
-    def waiting(self) -> int:
-        return sum(len(w) for w in self._task_waiters.values())
-
     # -- the connection --------------------------------------------------------------------
 
     async def _run(self) -> None:

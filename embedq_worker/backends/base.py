@@ -86,15 +86,6 @@ def floats_to_bytes(values: list[float]) -> bytes:
     return packed.tobytes()
 
 
-def bytes_to_floats(data: bytes) -> list[float]:
-    """Unpack little-endian float32 bytes into Python floats."""
-    unpacked = array.array("f")
-    unpacked.frombytes(data)
-    if sys.byteorder != "little":
-        unpacked.byteswap()
-    return unpacked.tolist()
-
-
 def split_tokens(total: int, texts: list[str]) -> list[int]:
     """Share a call's total token count across its inputs in proportion to their length,
     so that per-request usage adds up exactly when a batch mixes several requests."""
