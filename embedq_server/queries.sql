@@ -1,54 +1,71 @@
--- submit_task --
--- Store a request in one statement. An identical request by the same client that has not
--- failed is reused (a retry attaches to it). Otherwise insert the task and all its inputs;
--- inputs found in the result cache ($7: the cache scope, NULL when the cache is off) are
--- stored completed at once. The caller wakes the claimers if any input is left.
-WITH existing AS MATERIALIZED (
-    SELECT id FROM embedq_task
-    WHERE owner = $2 AND fingerprint = $3 AND failed = 0
-    ORDER BY created_at DESC
-    LIMIT 1
+-- submit_tasks --
+-- Store the requests that arrived together in one statement, so they share one commit.
+-- Per request ($1..$7, one element each): an identical request by the same client that has
+-- not failed is reused (a retry attaches to it); otherwise the task and all its inputs
+-- ($8..$10: task id, position and text of every input, flattened) are inserted, and inputs
+-- found in the result cache (the request's scope, NULL when the cache is off) are stored
+-- completed at once. Returns one row per request. The caller wakes the claimers if any
+-- input is left.
+WITH req AS (
+    SELECT *
+    FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::integer[],
+                $6::integer[], $7::text[])
+         AS r(id, owner, fingerprint, model, dimensions, n_inputs, scope)
+), existing AS MATERIALIZED (
+    SELECT r.id AS req_id, e.id
+    FROM req r
+    CROSS JOIN LATERAL (
+        SELECT t.id FROM embedq_task t
+        WHERE t.owner = r.owner AND t.fingerprint = r.fingerprint AND t.failed = 0
+        ORDER BY t.created_at DESC
+        LIMIT 1
+    ) e
 ), inputs AS (
-    SELECT u.ord - 1 AS idx, u.input
-    FROM unnest($6::text[]) WITH ORDINALITY AS u(input, ord)
-    WHERE NOT EXISTS (SELECT 1 FROM existing)
+    SELECT i.task_id, i.idx, i.input, r.model, r.dimensions, r.scope
+    FROM unnest($8::uuid[], $9::integer[], $10::text[]) AS i(task_id, idx, input)
+    JOIN req r ON r.id = i.task_id
+    WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.req_id = r.id)
 ), hits AS MATERIALIZED (
     -- One primary-key probe per input (LATERAL ... LIMIT 1): planned as a join, the lookup
     -- walked all of a client's cached rows once the cache grew past its first statistics.
-    SELECT i.idx, c.vector, c.tokens, c.model_revision
+    SELECT i.task_id, i.idx, c.vector, c.tokens, c.model_revision
     FROM inputs i
     CROSS JOIN LATERAL (
         SELECT c.vector, c.tokens, c.model_revision
         FROM embedq_cache c
-        WHERE c.scope = $7 AND c.model = $4 AND c.dimensions = $5
+        WHERE c.scope = i.scope AND c.model = i.model AND c.dimensions = i.dimensions
           AND c.text_hash = sha256(convert_to(i.input, 'UTF8'))
         LIMIT 1
     ) c
-    LEFT JOIN embedq_model m ON m.model = $4
-    WHERE $7 IS NOT NULL AND c.model_revision IS NOT DISTINCT FROM m.revision
+    LEFT JOIN embedq_model m ON m.model = i.model
+    WHERE i.scope IS NOT NULL AND c.model_revision IS NOT DISTINCT FROM m.revision
 ), counted AS (
-    SELECT count(*)::integer AS n FROM hits
+    SELECT r.id, (SELECT count(*)::integer FROM hits h WHERE h.task_id = r.id) AS n
+    FROM req r
 ), task AS (
     INSERT INTO embedq_task (id, owner, fingerprint, model, dimensions, n_inputs, remaining,
                              finished_at)
-    SELECT $1, $2, $3, $4, $5, cardinality($6::text[]), cardinality($6::text[]) - counted.n,
-           CASE WHEN counted.n = cardinality($6::text[]) THEN now() END
-    FROM counted
-    WHERE NOT EXISTS (SELECT 1 FROM existing)
+    SELECT r.id, r.owner, r.fingerprint, r.model, r.dimensions, r.n_inputs, r.n_inputs - c.n,
+           CASE WHEN c.n = r.n_inputs THEN now() END
+    FROM req r JOIN counted c ON c.id = r.id
+    WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.req_id = r.id)
     RETURNING id
 ), items AS (
     INSERT INTO embedq_item (task_id, idx, model, dimensions, input, state, vector, tokens,
                              model_revision, completed_at)
-    SELECT task.id, i.idx, $4, $5, i.input,
+    SELECT i.task_id, i.idx, i.model, i.dimensions, i.input,
            CASE WHEN h.idx IS NULL THEN 'pending' ELSE 'completed' END,
            h.vector, h.tokens, h.model_revision,
            CASE WHEN h.idx IS NOT NULL THEN now() END
-    FROM task, inputs i LEFT JOIN hits h ON h.idx = i.idx
+    FROM inputs i
+    JOIN task t ON t.id = i.task_id
+    LEFT JOIN hits h ON h.task_id = i.task_id AND h.idx = i.idx
 )
-SELECT coalesce((SELECT id FROM existing), $1) AS id,
-       EXISTS (SELECT 1 FROM existing) AS attached,
-       counted.n AS hits
-FROM counted;
+SELECT r.id AS req_id, coalesce(e.id, r.id) AS id, e.id IS NOT NULL AS attached,
+       c.n AS hits
+FROM req r
+JOIN counted c ON c.id = r.id
+LEFT JOIN existing e ON e.req_id = r.id;
 
 -- notify_work --
 -- Tell claimers in other server processes that a model has new pending work. Sent at most

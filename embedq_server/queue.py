@@ -20,6 +20,7 @@ from datetime import datetime
 import asyncpg
 
 from . import metrics
+from .grouping import Grouped
 from .listener import Listener
 from .outage import DATABASE_DOWN, TaskUnreachable
 from .settings import MAINTENANCE_BATCH, Settings
@@ -31,6 +32,7 @@ PENDING_CACHE_SECONDS = 1.0  # how stale the backpressure count may be
 WORKER_TOUCH_SECONDS = 5.0  # how often a worker's registration row is refreshed
 SERVED_CACHE_SECONDS = 2.0  # how stale "which models have a live worker" may be
 WORK_NOTIFY_INTERVAL = 0.02  # seconds: at most one cross-process "new work" NOTIFY per model
+SUBMITS_IN_FLIGHT = 2  # group inserts at once: one commits while the next group gathers
 DOWN_RETRY = 0.5  # seconds between re-reads of a waited-for task while the database is down
 
 
@@ -103,6 +105,19 @@ class WorkerInfo:
     host: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Submission:
+    """One request on its way into the next group insert."""
+
+    task_id: uuid.UUID
+    owner: str
+    fingerprint: bytes
+    model: str
+    dimensions: int
+    inputs: Sequence[str]
+    scope: str | None  # result-cache scope; None: the cache is off
+
+
 class LeaseLost(Exception):
     """None of the items named are held under this lease any more (expired or re-claimed)."""
 
@@ -132,8 +147,8 @@ class Queue:
         self._work_notified: dict[str, float] = {}  # model -> when work was last announced
         self._work_trailing: set[str] = set()  # models with a trailing announcement due
         self._background: set[asyncio.Task[None]] = set()
-        self._reads: dict[str, list[asyncio.Future[Task | None]]] = {}  # waiting to be read
-        self._read_flush: asyncio.Task[None] | None = None
+        self._submits = Grouped(self._submit_group, "submit-tasks", in_flight=SUBMITS_IN_FLIGHT)
+        self._reads = Grouped(self._read_group, "read-tasks")
         self.closing = False
 
     def close(self) -> None:
@@ -159,19 +174,21 @@ class Queue:
         inputs: Sequence[str],
         task_id: str | None = None,
     ) -> tuple[str, bool, bool]:
-        """Store a request in one statement; return (task id, attached, finished). An
+        """Store a request (in one statement shared with the requests arriving with it);
+        return (task id, attached, finished). An
         identical request by the same client that has not failed is reused (attached)
         instead of computed again; inputs found in the cache are stored completed."""
         task_id = task_id or str(uuid.uuid4())
-        row = await self.pool.fetchrow(
-            QUERIES["submit_task"],
-            uuid.UUID(task_id),
-            owner,
-            fingerprint(owner, model, dimensions, inputs),
-            model,
-            dimensions,
-            list(inputs),
-            self._cache_scope(owner),
+        row = await self._submits(
+            _Submission(
+                uuid.UUID(task_id),
+                owner,
+                fingerprint(owner, model, dimensions, inputs),
+                model,
+                dimensions,
+                inputs,
+                self._cache_scope(owner),
+            )
         )
         if row["attached"]:
             return str(row["id"]), True, False
@@ -182,6 +199,24 @@ class Queue:
         if hits < len(inputs):
             self.announce_work(model)
         return task_id, False, hits == len(inputs)
+
+    async def _submit_group(self, group: list[_Submission]) -> list[asyncpg.Record]:
+        """One statement (one commit) for the requests that arrived together."""
+        rows = await self.pool.fetch(
+            QUERIES["submit_tasks"],
+            [s.task_id for s in group],
+            [s.owner for s in group],
+            [s.fingerprint for s in group],
+            [s.model for s in group],
+            [s.dimensions for s in group],
+            [len(s.inputs) for s in group],
+            [s.scope for s in group],
+            [s.task_id for s in group for _ in s.inputs],
+            [i for s in group for i in range(len(s.inputs))],
+            [text for s in group for text in s.inputs],
+        )
+        by_request = {row["req_id"]: row for row in rows}
+        return [by_request[s.task_id] for s in group]
 
     def announce_work(self, model: str) -> None:
         """Wake claimers of new work: in this process at once; in other server processes by
@@ -234,33 +269,16 @@ class Queue:
         return None if mode == "off" else "" if mode == "global" else owner
 
     async def read(self, task_id: str) -> Task | None:
-        """The task, with its results when it completed. Reads asked for in the same turn of
-        the event loop (the requests one completed batch woke) share one statement."""
-        fut: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
-        self._reads.setdefault(task_id, []).append(fut)
-        if self._read_flush is None or self._read_flush.done():
-            self._read_flush = asyncio.create_task(self._flush_reads(), name="read-tasks")
-        return await fut
+        """The task, with its results when it completed. Reads asked for together (the
+        requests one completed batch woke) share one statement."""
+        return await self._reads(task_id)
 
-    async def _flush_reads(self) -> None:
-        await asyncio.sleep(0)  # let the other waiters woken with this one queue up
-        while self._reads:
-            batch, self._reads = self._reads, {}
-            try:
-                rows = await self.pool.fetch(
-                    QUERIES["get_tasks_with_results"], [uuid.UUID(t) for t in batch]
-                )
-            except Exception as exc:
-                for futures in batch.values():
-                    for fut in futures:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                continue
-            found = {str(row["id"]): _task_with_results(row) for row in rows}
-            for task_id, futures in batch.items():
-                for fut in futures:
-                    if not fut.done():
-                        fut.set_result(found.get(task_id))
+    async def _read_group(self, task_ids: list[str]) -> list[Task | None]:
+        rows = await self.pool.fetch(
+            QUERIES["get_tasks_with_results"], [uuid.UUID(t) for t in set(task_ids)]
+        )
+        found = {str(row["id"]): _task_with_results(row) for row in rows}
+        return [found.get(t) for t in task_ids]
 
     async def wait(self, task_id: str, timeout: float) -> Task | None:
         """Wait until the task is done or the timeout passes; return its latest state.
