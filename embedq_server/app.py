@@ -25,10 +25,13 @@ log = logging.getLogger("embedq.app")
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool = await create_pool(
-        app[DATABASE_URL], min_size=settings.pool_min, max_size=settings.pool_max
-    )
     listener = Listener(app[DATABASE_URL], ping_interval=LISTENER_PING)
+    pool = await create_pool(
+        app[DATABASE_URL],
+        min_size=settings.pool_min,
+        max_size=settings.pool_max,
+        init=listener.own_connection,
+    )
     await listener.start()
     app[POOL] = pool
     app[LISTENER] = listener

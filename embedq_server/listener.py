@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import asyncpg
@@ -22,6 +22,7 @@ log = logging.getLogger("embedq.listener")
 DONE_CHANNEL = "embedq_done"  # payload: comma-separated task ids that finished or failed
 WORK_CHANNEL = "embedq_work"  # payload: the model that has new pending work
 PING_TIMEOUT = 3.0  # seconds
+OWN_NOTIFY_GRACE = 0.05  # seconds: an own completion's NOTIFY wakes only if no announce came
 BACKOFF_MAX = 10.0  # seconds between reconnect attempts, at most
 
 
@@ -30,7 +31,8 @@ class Listener:
         self._url = url
         self._ping_interval = ping_interval
         self._conn: asyncpg.Connection | None = None
-        self._task_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._task_waiters: dict[str, set[asyncio.Future[object]]] = defaultdict(set)
+        self._own_pids: set[int] = set()  # backend pids of this process's pool connections
         self._work = asyncio.Event()
         self._lost = asyncio.Event()
         self._connected = asyncio.Event()
@@ -63,10 +65,12 @@ class Listener:
     # -- waiting ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def watch_task(self, task_id: str) -> Iterator[asyncio.Future[None]]:
+    def watch_task(self, task_id: str) -> Iterator[asyncio.Future[object]]:
         """Register interest in a task *before* reading its state; the future resolves when
-        a notification names it (or the listener reconnects). Always use as a context."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        a notification names it (or the listener reconnects). Its result is what the waker
+        already knew of the task (see announce_done), or None: read it. Always use as a
+        context."""
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._task_waiters[task_id].add(fut)
         try:
             yield fut
@@ -81,11 +85,13 @@ class Listener:
         """New work was stored by this process: wake its claimers without a round trip."""
         self._bump_work()
 
-    def announce_done(self, task_ids: list[str]) -> None:
+    def announce_done(self, task_ids: list[str], known: Mapping[str, object] = {}) -> None:
         """Tasks this process just settled: wake their waiters without waiting for the
-        NOTIFY (which still tells the other processes). Waiters re-read, so a task that is
-        not finished yet only costs a read."""
-        self._on_done(None, 0, DONE_CHANNEL, ",".join(task_ids))
+        NOTIFY (which still tells the other processes). A waiter gets the task's final
+        state when `known` has it, else None and re-reads (a task that is not finished yet
+        only costs a read)."""
+        for task_id in task_ids:
+            self._wake(task_id, known.get(task_id))
 
     def work_signal(self) -> asyncio.Event:
         """An event set by the next "new work" notification. Take it *before* claiming, so
@@ -143,11 +149,26 @@ class Listener:
         if self._conn is conn:
             self._lost.set()  # the ping loop reconnects at once, not at its next ping
 
+    async def own_connection(self, conn: asyncpg.Connection) -> None:
+        """Pool `init`: remember the backends of this process's own pool (see _on_done)."""
+        self._own_pids.add(conn.get_server_pid())
+
     def _on_done(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if pid in self._own_pids:
+            # Sent by this process's own completion, whose announce_done brings the tasks
+            # in hand; the NOTIFY can overtake it. Wake later only in case it never comes.
+            asyncio.get_running_loop().call_later(OWN_NOTIFY_GRACE, self._wake_all, payload)
+            return
+        self._wake_all(payload)
+
+    def _wake_all(self, payload: str) -> None:
         for task_id in payload.split(","):
-            for fut in self._task_waiters.get(task_id, ()):
-                if not fut.done():
-                    fut.set_result(None)
+            self._wake(task_id, None)
+
+    def _wake(self, task_id: str, known: object) -> None:
+        for fut in self._task_waiters.get(task_id, ()):
+            if not fut.done():
+                fut.set_result(known)
 
     def _on_work(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         self._bump_work()

@@ -157,8 +157,15 @@ WITH results AS (
         completed_at = now()
     FROM results r
     WHERE i.id = r.id AND i.state = 'processing' AND i.lease_token = $1
-    RETURNING i.id, i.task_id, i.model, i.dimensions, i.input, i.vector, i.tokens,
+    RETURNING i.id, i.task_id, i.idx, i.model, i.dimensions, i.input, i.vector, i.tokens,
               i.created_at, i.claimed_at
+), whole AS (
+    -- Tasks every input of which is in this batch: the caller has all their vectors in
+    -- hand and answers their waiters without reading them back.
+    SELECT t.id, t.owner, t.model, t.dimensions, t.n_inputs, t.created_at
+    FROM (SELECT task_id, count(*) AS n FROM done GROUP BY task_id) d
+    JOIN embedq_task t ON t.id = d.task_id
+    WHERE d.n = t.n_inputs
 ), cached AS (
     INSERT INTO embedq_cache (scope, model, dimensions, text_hash, vector, tokens,
                               model_revision)
@@ -176,7 +183,16 @@ WITH results AS (
     WHERE embedq_cache.model_revision IS DISTINCT FROM excluded.model_revision
 )
 SELECT coalesce(array_agg(id), '{}') AS ids,
+       coalesce(array_agg(task_id), '{}') AS item_tasks,
+       coalesce(array_agg(idx), '{}') AS idxs,
        coalesce(array_agg(DISTINCT task_id), '{}') AS task_ids,
+       (SELECT array_agg(w.id ORDER BY w.id) FROM whole w) AS whole_ids,
+       (SELECT array_agg(w.owner ORDER BY w.id) FROM whole w) AS whole_owners,
+       (SELECT array_agg(w.model ORDER BY w.id) FROM whole w) AS whole_models,
+       (SELECT array_agg(w.dimensions ORDER BY w.id) FROM whole w) AS whole_dimensions,
+       (SELECT array_agg(w.n_inputs ORDER BY w.id) FROM whole w) AS whole_n_inputs,
+       (SELECT array_agg(w.created_at ORDER BY w.id) FROM whole w) AS whole_created,
+       now() AS finished_at,
        coalesce(array_agg(extract(epoch FROM claimed_at - created_at)::float8), '{}')
            AS queue_waits,
        coalesce(array_agg(extract(epoch FROM clock_timestamp() - claimed_at)::float8), '{}')
@@ -221,6 +237,8 @@ SELECT coalesce(array_agg(id), '{}') AS ids,
        count(*) FILTER (WHERE state = 'pending') AS requeued,
        min(model) AS model,
        (SELECT woken FROM settled) AS woken,
+       coalesce((SELECT array_agg(DISTINCT task_id) FROM changed WHERE state = 'failed'),
+                '{}') AS failed_tasks,
        (SELECT count(*) FROM requeued) AS requeued_models
 FROM changed;
 
@@ -275,6 +293,8 @@ WITH expired AS MATERIALIZED (
 SELECT count(*) FILTER (WHERE state = 'pending') AS requeued,
        count(*) FILTER (WHERE state = 'failed') AS failed,
        (SELECT woken FROM settled) AS woken,
+       coalesce((SELECT array_agg(DISTINCT task_id) FROM changed WHERE state = 'failed'),
+                '{}') AS failed_tasks,
        (SELECT count(*) FROM requeued) AS models
 FROM changed;
 

@@ -261,7 +261,9 @@ class Queue:
             if not attached and not finished and timeout > 0:
                 first = min(timeout, self.settings.backstop_interval)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken, first)
+                    known = await asyncio.wait_for(woken, first)
+                    if isinstance(known, Task):
+                        return known
         return await self.wait(task_id, max(deadline - loop.time(), 0.0))
 
     def _cache_scope(self, owner: str) -> str | None:
@@ -299,10 +301,13 @@ class Queue:
                 left = deadline - loop.time()
                 if task is None or task.done or left <= 0 or self.closing:
                     return task
+                pause = min(left, self.settings.backstop_interval)
                 try:
-                    await asyncio.wait_for(woken, min(left, self.settings.backstop_interval))
+                    known = await asyncio.wait_for(woken, pause)
                 except TimeoutError:
-                    pass
+                    continue
+                if isinstance(known, Task):  # the completion in this process had it all
+                    return known
 
     async def item_states(self, task_id: str) -> asyncpg.Record:
         return await self.pool.fetchrow(QUERIES["task_item_states"], uuid.UUID(task_id))
@@ -406,7 +411,6 @@ class Queue:
         lease_id = uuid.UUID(lease)
         done: list[int] = []
         failed: list[int] = []
-        woken: list[str] = []
         async with self.pool.acquire() as conn:
             if results:
                 row = await conn.fetchrow(
@@ -420,7 +424,10 @@ class Queue:
                 )
                 done = list(row["ids"])
                 if done:
+                    # Committed: wake this process's waiters now (with the tasks this batch
+                    # finished whole in hand); the NOTIFY tells the other processes.
                     woken = [str(t) for t in row["task_ids"]]
+                    self.listener.announce_done(woken, _finished_whole(row, results))
                     await self._note_revision(conn, row["model"], model_revision)
                     metrics.observe_completed(
                         row["model"], row["queue_waits"], row["computes"], row["totals"]
@@ -436,11 +443,10 @@ class Queue:
                     [f.code for f in failures],
                 )
                 failed = list(row["ids"])
+                self.listener.announce_done([str(t) for t in row["failed_tasks"]])
                 if failed:
                     metrics.count_outcome(row["model"], "failed", row["failed"])
                     metrics.count_outcome(row["model"], "requeued", row["requeued"])
-        if woken:  # committed: wake this process's waiters now, the NOTIFY tells the rest
-            self.listener.announce_done(woken)
         return done, failed
 
     async def _note_revision(
@@ -486,11 +492,14 @@ class Queue:
                 QUERIES["expire_leases"], MAINTENANCE_BATCH, self.settings.max_attempts
             )
             stats["requeued"], stats["failed"] = row["requeued"], row["failed"]
+            expired_tasks = [str(t) for t in row["failed_tasks"]]
             pruned = await conn.execute(
                 QUERIES["prune_finished"], self.settings.result_ttl, MAINTENANCE_BATCH
             )
             stats["pruned"] = int(pruned.split()[-1])
             await conn.execute(QUERIES["prune_cache"], self.settings.cache_ttl, MAINTENANCE_BATCH)
+        if expired_tasks:  # committed: their waiters here need not wait for the NOTIFY
+            self.listener.announce_done(expired_tasks)
         if stats["requeued"]:
             metrics.count_outcome("*", "requeued", stats["requeued"])
         if stats["failed"]:
@@ -503,6 +512,49 @@ class Queue:
                 stats["pruned"],
             )
         return stats
+
+
+def _finished_whole(
+    row: asyncpg.Record, results: Sequence[tuple[int, bytes, int]]
+) -> dict[str, Task]:
+    """The tasks a completion finished all at once, with the vectors just posted: their
+    waiters in this process are answered from these, without reading them back."""
+    if not row["whole_ids"]:
+        return {}
+    posted = {item_id: (vector, tokens) for item_id, vector, tokens in results}
+    slots: dict[str, list[ItemResult]] = {str(t): [] for t in row["whole_ids"]}
+    for item_id, task_id, idx in zip(row["ids"], row["item_tasks"], row["idxs"], strict=True):
+        slot = slots.get(str(task_id))
+        if slot is not None:
+            vector, tokens = posted[item_id]
+            slot.append(ItemResult(idx, vector, tokens))
+    finished: dict[str, Task] = {}
+    columns = zip(
+        row["whole_ids"],
+        row["whole_owners"],
+        row["whole_models"],
+        row["whole_dimensions"],
+        row["whole_n_inputs"],
+        row["whole_created"],
+        strict=True,
+    )
+    for task_id, owner, model, dimensions, n_inputs, created_at in columns:
+        items = sorted(slots[str(task_id)], key=lambda r: r.index)
+        finished[str(task_id)] = Task(
+            id=str(task_id),
+            owner=owner,
+            model=model,
+            dimensions=dimensions,
+            n_inputs=n_inputs,
+            remaining=0,
+            failed=0,
+            error=None,
+            error_code=None,
+            created_at=created_at,
+            finished_at=row["finished_at"],
+            results=tuple(items),
+        )
+    return finished
 
 
 def _task_with_results(row: asyncpg.Record) -> Task:
