@@ -21,8 +21,10 @@ MAX_GROUP = 256  # calls in one statement at most
 class Grouped(Generic[In, Out]):
     """`await grouped(x)` returns `run([..., x, ...])`'s answer for x. `run` gets the calls
     of one group in arrival order and returns one answer each, in the same order; if it
-    raises, every call of the group raises the same error. At most `in_flight` statements
-    run at once."""
+    raises, every call of the group raises the same error, unless `isolate(error)` says
+    the error may belong to one call (a value the database refuses): then the group is
+    run again a call at a time, so only the bad call fails. At most `in_flight`
+    statements run at once."""
 
     def __init__(
         self,
@@ -31,11 +33,13 @@ class Grouped(Generic[In, Out]):
         *,
         in_flight: int = 1,
         max_group: int = MAX_GROUP,
+        isolate: Callable[[Exception], bool] = lambda exc: False,
     ) -> None:
         self._run = run
         self._name = name
         self._in_flight = max(1, in_flight)
         self._max_group = max(1, max_group)
+        self._isolate = isolate
         self._waiting: list[tuple[In, asyncio.Future[Out]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
         self._running = 0  # flushers that have not returned (counted down synchronously)
@@ -66,22 +70,28 @@ class Grouped(Generic[In, Out]):
         while self._waiting:
             group = self._waiting[: self._max_group]
             del self._waiting[: self._max_group]
+            await self._run_group(group)
+
+    async def _run_group(self, group: list[tuple[In, asyncio.Future[Out]]]) -> None:
+        try:
             try:
                 answers = await self._run([item for item, _ in group])
-            except BaseException as exc:
+            except Exception as exc:
+                if len(group) > 1 and self._isolate(exc):
+                    for one in group:  # once more, a call at a time: the bad one fails alone
+                        await self._run_group([one])
+                    return
                 for _, fut in group:
-                    if fut.done():
-                        continue
-                    if isinstance(exc, Exception):
+                    if not fut.done():
                         fut.set_exception(exc)
-                    else:  # the flusher itself was cancelled (shutdown)
-                        fut.cancel()
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, fut), answer in zip(group, answers, strict=True):
-                if not fut.done():
-                    fut.set_result(answer)
+                return
+        except BaseException:  # the flusher itself was cancelled (shutdown)
+            for _, fut in group:
+                fut.cancel()
+            raise
+        for (_, fut), answer in zip(group, answers, strict=True):
+            if not fut.done():
+                fut.set_result(answer)
 
     async def drain(self) -> None:
         """Wait for the statements in flight (shutdown)."""

@@ -147,7 +147,12 @@ class Queue:
         self._work_notified: dict[str, float] = {}  # model -> when work was last announced
         self._work_trailing: set[str] = set()  # models with a trailing announcement due
         self._background: set[asyncio.Task[None]] = set()
-        self._submits = Grouped(self._submit_group, "submit-tasks", in_flight=SUBMITS_IN_FLIGHT)
+        self._submits = Grouped(
+            self._submit_group,
+            "submit-tasks",
+            in_flight=SUBMITS_IN_FLIGHT,
+            isolate=_refused_value,
+        )
         self._reads = Grouped(self._read_group, "read-tasks")
         self.closing = False
 
@@ -512,6 +517,14 @@ class Queue:
                 stats["pruned"],
             )
         return stats
+
+
+def _refused_value(exc: Exception) -> bool:
+    """An error PostgreSQL (or asyncpg, encoding the arguments) raises for a value one
+    request brought, not for the database being unreachable."""
+    return isinstance(exc, asyncpg.PostgresError | asyncpg.DataError) and not isinstance(
+        exc, DATABASE_DOWN
+    )
 
 
 def _finished_whole(

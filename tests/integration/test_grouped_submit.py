@@ -178,10 +178,10 @@ async def test_a_group_mixing_a_cached_request_and_new_ones(app_client):
     ]
 
 
-async def test_one_request_the_database_refuses_fails_its_whole_group(app_client):
+async def test_one_request_the_database_refuses_fails_alone(app_client):
     """PostgreSQL text cannot hold NUL. The HTTP layer refuses such text before it reaches
-    the queue; here it is handed to the queue directly, to see what one request the shared
-    statement cannot store does to the requests it was grouped with."""
+    the queue; here it is handed to the queue directly, to see that one request the shared
+    statement cannot store fails alone: the group is stored again a request at a time."""
     client = await app_client()
     queue, pool = setup(client)
     outcomes = await asyncio.gather(
@@ -190,22 +190,32 @@ async def test_one_request_the_database_refuses_fails_its_whole_group(app_client
         queue.submit(ALICE, "m", 0, ["also", "fine"]),
         return_exceptions=True,
     )
-    errors = [o for o in outcomes if isinstance(o, BaseException)]
-    assert len(errors) == 3  # the neighbours fail with it: one statement, one error
-    assert all(e is errors[0] for e in errors)
-    assert isinstance(errors[0], asyncpg.CharacterNotInRepertoireError)
-    assert await pool.fetchval("SELECT count(*) FROM embedq_task") == 0  # all or nothing
-    assert await pool.fetchval("SELECT count(*) FROM embedq_item") == 0
+    assert isinstance(outcomes[1], asyncpg.CharacterNotInRepertoireError)
+    assert "fine" not in str(outcomes[1])  # the error names no neighbour's text
+    assert not isinstance(outcomes[0], BaseException)
+    assert not isinstance(outcomes[2], BaseException)
+    assert outcomes[0][1:] == (False, False) and outcomes[2][1:] == (False, False)
+    assert [r["input"] for r in await items_of(pool, outcomes[0][0])] == ["fine"]
+    assert [r["input"] for r in await items_of(pool, outcomes[2][0])] == ["also", "fine"]
+    assert await pool.fetchval("SELECT count(*) FROM embedq_task") == 2
 
-    # The queue goes on: the next group stores, and the refused requests can be retried.
-    task_id, attached, finished = await queue.submit(ALICE, "m", 0, ["fine"])
-    assert (attached, finished) == (False, False)
-    retried = await asyncio.gather(
-        queue.submit(ALICE, "m", 0, ["fine"]),
-        queue.submit(ALICE, "m", 0, ["also", "fine"]),
-    )
-    assert retried[0] == (task_id, True, False)
-    assert retried[1][1:] == (False, False)
-    assert [r["input"] for r in await items_of(pool, retried[1][0])] == ["also", "fine"]
+    # The queue goes on: a retry attaches, the bad request alone still fails alone.
+    again = await queue.submit(ALICE, "m", 0, ["fine"])
+    assert again == (outcomes[0][0], True, False)
     with pytest.raises(asyncpg.CharacterNotInRepertoireError):
-        await queue.submit(BOB, "m", 0, ["bad \x00 text"])  # alone, it fails alone
+        await queue.submit(BOB, "m", 0, ["bad \x00 text"])
+
+
+async def test_a_text_asyncpg_cannot_encode_fails_alone(app_client):
+    """A lone surrogate fails in asyncpg before the statement is sent, with the whole
+    argument array in its message: isolated, the error holds only its own request's text."""
+    client = await app_client()
+    queue, _pool = setup(client)
+    outcomes = await asyncio.gather(
+        queue.submit(ALICE, "m", 0, ["private neighbour text"]),
+        queue.submit(BOB, "m", 0, ["\ud800"]),
+        return_exceptions=True,
+    )
+    assert not isinstance(outcomes[0], BaseException)
+    assert isinstance(outcomes[1], asyncpg.DataError)
+    assert "private neighbour text" not in str(outcomes[1])

@@ -395,3 +395,31 @@ async def test_calls_chained_on_each_answer_are_never_stranded(in_flight: int) -
     await guarded(finished[130].wait())
     assert sorted(answered) == list(range(31)) + list(range(100, 131))
     await guarded(grouped.drain())
+
+
+async def test_an_error_isolate_names_is_retried_call_by_call_so_only_the_bad_call_fails():
+    run = Run(hold=False)
+    run.fail_when = 2
+    grouped: Grouped[int, tuple[int, int]] = Grouped(
+        run, "t", isolate=lambda exc: isinstance(exc, Boom)
+    )
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(grouped(i) for i in (1, 2, 3)), return_exceptions=True), GUARD
+    )
+    assert run.groups[0] == [1, 2, 3]  # tried together first
+    assert run.groups[1:] == [[1], [2], [3]]  # then a call at a time
+    assert outcomes[0] == (1, 1) and outcomes[2] == (3, 3)
+    assert isinstance(outcomes[1], Boom)
+
+
+async def test_an_error_isolate_does_not_name_fails_the_whole_group_at_once():
+    run = Run(hold=False)
+    run.fail_when = 2
+    grouped: Grouped[int, tuple[int, int]] = Grouped(
+        run, "t", isolate=lambda exc: isinstance(exc, KeyError)
+    )
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(grouped(i) for i in (1, 2, 3)), return_exceptions=True), GUARD
+    )
+    assert run.groups == [[1, 2, 3]]  # an outage is not retried call by call
+    assert all(isinstance(o, Boom) for o in outcomes)
