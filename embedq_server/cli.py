@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from aiohttp import web
 
-from embedq_common import runloop, sdnotify
+from embedq_common import sdnotify
 
 from . import __version__, admin
 from .app import create_app
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_migrations(url)
         if args.command == "migrate":
             return 0
-        runloop.run(serve(settings, url))
+        asyncio.run(serve(settings, url))
     return 0
 
 

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from embedq_common import runloop, sdnotify
+from embedq_common import sdnotify
 from embedq_common.logs import setup_logging
 
 from . import __version__
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"embedq-worker: bad configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_format, settings.log_level)
-    return runloop.run(amain(settings))
+    return asyncio.run(amain(settings))
 
 
 if __name__ == "__main__":
