@@ -15,6 +15,8 @@ import random
 import sys
 from functools import lru_cache
 
+import orjson
+
 DEFAULT_DIM = 768  # nomic-embed-text's size
 _CACHE_SIZE = 16_384  # vectors kept (about 3 KiB each at 768 dims)
 
@@ -56,17 +58,10 @@ def expected_vector(
 def expected_json(
     model: str, text: str, dimensions: int | None = None, dim: int = DEFAULT_DIM
 ) -> str:
-    """The fake vector as a JSON array, written as a server writes float32: at most 9
-    significant digits, enough to give back the exact float32 (and twice as short and fast
-    as Python's float64 repr)."""
-    values = expected_vector(model, text, dimensions, dim)
-    return _json_format(len(values)) % tuple(values)
-
-
-@lru_cache(maxsize=64)
-def _json_format(size: int) -> str:
-    """One format string for a whole vector: a third faster than formatting each float."""
-    return "[" + ",".join(["%.9g"] * size) + "]"
+    """The fake vector as a JSON array. orjson writes each float32 value's shortest exact
+    form, about five times faster than %-formatting: the doubles stand in for a GPU, and
+    their own Python work should cost as little as a real server's JSON does."""
+    return orjson.dumps(expected_vector(model, text, dimensions, dim)).decode()
 
 
 def fake_token_count(text: str) -> int:
