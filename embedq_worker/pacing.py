@@ -10,6 +10,7 @@ round trip costs, and sends the next claim when compute end minus round trip is 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 FORGET = 0.1  # weight of the newest observation in the running averages
 MIN_SAMPLES = 3  # batches seen before the cost model is trusted
@@ -45,8 +46,9 @@ class CostModel:
 
 
 class RoundTrips:
-    """The fastest recent claim round trips: claims that found work waiting cost only the
-    network and one statement; the minimum over a window ignores those that long-polled."""
+    """A claim's round trip: the median of the recent ones that brought work. The fastest
+    one (the network and one statement on a quiet server) made claims arrive late under
+    load, leaving the GPU idle; a claim that long-polled only makes the estimate early."""
 
     def __init__(self) -> None:
         self._seen: deque[float] = deque(maxlen=RTT_WINDOW)
@@ -55,4 +57,80 @@ class RoundTrips:
         self._seen.append(seconds)
 
     def estimate(self) -> float:
-        return min(self._seen, default=0.0)
+        seen = sorted(self._seen)
+        return seen[(len(seen) - 1) // 2] if seen else 0.0
+
+
+@dataclass
+class _Call:
+    texts: int
+    dispatched: float
+    started: float | None  # reached a free unit (None: waiting behind another call)
+
+
+class Pipeline:
+    """The backend calls in flight as the worker sees them, to time the next claim.
+
+    A backend has `units` that compute (one per Ollama instance, say) and the worker keeps
+    more calls in flight than that, so a call waits at the backend while the one ahead of
+    it computes and the GPU never idles between calls. A call that reaches a free unit
+    takes longer than one that waited: the backend's own work before computing (reading
+    the request, tokenizing) overlaps the call ahead only for a waiting call. That
+    difference is the *lead*: how long before the backend drains the next call should
+    reach it. Both costs are learned (`fresh` for calls that met a free unit, `queued` for
+    calls timed from the moment the call ahead of them ended).
+    """
+
+    def __init__(self, units: int) -> None:
+        self.units = max(1, units)
+        self.fresh = CostModel()
+        self.queued = CostModel()
+        self._calls: dict[object, _Call] = {}  # in dispatch order
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._calls)
+
+    def dispatch(self, key: object, texts: int, now: float) -> None:
+        computing = sum(1 for c in self._calls.values() if c.started is not None)
+        started = now if computing < self.units else None
+        self._calls[key] = _Call(texts, now, started)
+
+    def finish(self, key: object, now: float, *, learn: bool) -> float:
+        """The call ended (`learn`: normally, so its time teaches the cost models); the
+        oldest waiting call now computes. Returns the call's compute time as timed."""
+        call = self._calls.pop(key)
+        fresh = call.started == call.dispatched
+        seconds = now - (call.started if call.started is not None else call.dispatched)
+        if learn:
+            (self.fresh if fresh else self.queued).observe(call.texts, seconds)
+        for waiting in self._calls.values():
+            if waiting.started is None:
+                waiting.started = now
+                break
+        return seconds
+
+    def _cost(self, texts: int, waited: bool) -> float | None:
+        first, second = (self.queued, self.fresh) if waited else (self.fresh, self.queued)
+        estimate = first.estimate(texts)
+        return estimate if estimate is not None else second.estimate(texts)
+
+    def lead(self, texts: int) -> float:
+        fresh, queued = self.fresh.estimate(texts), self.queued.estimate(texts)
+        if fresh is None or queued is None:
+            return 0.0
+        return max(0.0, fresh - queued)
+
+    def drain_at(self, now: float) -> float | None:
+        """When every call in flight is expected to have ended (None: costs not known)."""
+        work = 0.0
+        for call in self._calls.values():
+            waited = call.started is None or call.started != call.dispatched
+            cost = self._cost(call.texts, waited)
+            if cost is None:
+                return None
+            if call.started is None:
+                work += cost
+            else:
+                work += max(0.0, call.started + cost - now)
+        return now + work / self.units

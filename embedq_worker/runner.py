@@ -22,7 +22,7 @@ from .backends.base import (
     InputRejected,
     ModelNotFound,
 )
-from .pacing import CostModel, RoundTrips
+from .pacing import Pipeline, RoundTrips
 from .server_client import (
     Batch,
     Item,
@@ -73,16 +73,19 @@ class Runner:
         self.stats = Stats()
         self._on_batch = on_batch
         distinct = {id(b): b for b in backends.values()}.values()
-        self.slots = max(1, sum(b.concurrency for b in distinct))
+        self.units = max(1, sum(b.concurrency for b in distinct))
+        # Calls kept in flight: one computing per unit, the rest waiting at the backend.
+        self.slots = self.units * max(1, settings.backend_depth)
         self._ready: asyncio.Queue[Batch] = asyncio.Queue()
         self._capacity = asyncio.Semaphore(self.slots + max(0, settings.prefetch))
         self._held: dict[str, Batch] = {}
         self._posts: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._calls: dict[object, float] = {}  # backend calls in progress -> start time
-        self._costs: dict[str, CostModel] = {}  # per model
+        self._pipelines: dict[str, Pipeline] = {}  # per model: its calls in flight, its costs
         self._round_trips = RoundTrips()
-        self._expected_ends: dict[object, float] = {}  # batches computing -> expected end
+        self._backlog = False  # the last claim came back full: more is waiting
+        self._last_size = 1  # texts in the last batch claimed
 
     async def healthy(self) -> bool:
         """For the systemd watchdog: no backend call is wedged (running far past its
@@ -185,6 +188,8 @@ class Runner:
             backoff = self.settings.poll_interval
             if batch.items:
                 self._round_trips.observe(time.monotonic() - sent)
+                self._backlog = len(batch.items) >= self.settings.batch_size
+                self._last_size = len(batch.items)
             if not batch.items:
                 self._capacity.release()
                 self.stats.empty_claims += 1
@@ -196,18 +201,38 @@ class Runner:
             await self._ready.put(batch)
 
     def _prefetch_delay(self) -> float:
-        """How long to hold the next claim: none while a compute slot is idle; otherwise
-        until the first busy slot is expected to free up, less a claim's round trip."""
-        if len(self._expected_ends) < self.slots:
+        """How long to hold the next claim: none while a unit is idle or the last claim
+        came back full (more is waiting: a later claim would not be bigger); otherwise
+        until the backend is expected to drain, less the lead its next call needs and a
+        claim's round trip, so the claim collects everything that arrives meanwhile."""
+        if self._backlog:
             return 0.0
-        free_at = min(self._expected_ends.values())
-        return max(0.0, free_at - self._round_trips.estimate() - time.monotonic())
+        now = time.monotonic()
+        delay = 0.0
+        for pipeline in self._pipelines.values():
+            if pipeline.in_flight < pipeline.units:
+                return 0.0
+            drain = pipeline.drain_at(now)
+            if drain is None:
+                return 0.0
+            lead = pipeline.lead(self._last_size)
+            delay = max(delay, drain - lead - self._round_trips.estimate() - now)
+        return delay
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
     # -- computing -------------------------------------------------------------------------
+
+    def _pipeline(self, model: str, backend: Backend) -> Pipeline:
+        """One per backend (models on one backend share its units and its queue)."""
+        found = self._pipelines.get(model)
+        if found is None:
+            shared = [p for m, p in self._pipelines.items() if self.backends[m] is backend]
+            found = shared[0] if shared else Pipeline(backend.concurrency)
+            self._pipelines[model] = found
+        return found
 
     async def _compute_loop(self) -> None:
         while True:
@@ -230,16 +255,15 @@ class Runner:
         backend = self.backends[batch.model]
         backoff = self.settings.poll_interval
         deadline = time.monotonic() + self.settings.backend_retry_limit
-        cost = self._costs.setdefault(batch.model, CostModel())
+        pipeline = self._pipeline(batch.model, backend)
         while True:
-            started = time.monotonic()
-            expected = cost.estimate(len(batch.items))
-            slot = object()
-            # Unknown cost: assume it frees now, so the next claim is not held back.
-            self._expected_ends[slot] = started + (expected or 0.0)
+            call = object()
+            sent = time.monotonic()
+            pipeline.dispatch(call, len(batch.items), sent)
             try:
                 outcome = await self._compute(backend, batch, batch.items)
             except BackendUnavailable as exc:
+                pipeline.finish(call, time.monotonic(), learn=False)
                 if time.monotonic() + backoff > deadline or self._stop.is_set():
                     log.warning(
                         "backend unavailable, handing batch back model=%s n=%d error=%s",
@@ -257,11 +281,12 @@ class Runner:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
-            finally:
-                del self._expected_ends[slot]
-            elapsed = time.monotonic() - started
-            if not outcome.failures:
-                cost.observe(len(batch.items), elapsed)
+            except BaseException:
+                pipeline.finish(call, time.monotonic(), learn=False)
+                raise
+            ended = time.monotonic()
+            pipeline.finish(call, ended, learn=not outcome.failures)
+            elapsed = ended - sent
             self.stats.batches += 1
             self.stats.texts += len(outcome.results)
             self.stats.failed += len(outcome.failures)

@@ -18,7 +18,8 @@ POLL_INTERVAL = 1.0  # seconds: the first pause after an error; doubles up to BA
 BACKOFF_MAX = 30.0  # seconds
 BATCH_SIZE = 64  # inputs per claim and per backend call
 CLAIM_WAIT = 20.0  # seconds a claim long-polls the server for work
-PREFETCH = 1  # batches claimed ahead, so the next one is in hand while one computes
+PREFETCH = 0  # batches claimed ahead beyond those in flight at the backend
+BACKEND_DEPTH = 2  # calls in flight per unit: the next one waits at the GPU, never idle
 SHUTDOWN_GRACE = 30.0  # seconds to finish the batch in flight after SIGTERM
 BACKEND_RETRY_LIMIT = 120.0  # seconds a batch retries an unavailable backend before handing back
 REQUEST_TIMEOUT = 120.0  # seconds for one backend call
@@ -75,6 +76,13 @@ class WorkerSettings(EnvSettings):
     )
     prefetch: int = field(
         default=PREFETCH, metadata={"env": "PREFETCH", "help": "batches claimed ahead"}
+    )
+    backend_depth: int = field(
+        default=BACKEND_DEPTH,
+        metadata={
+            "env": "BACKEND_DEPTH",
+            "help": "backend calls in flight per GPU (one computes, the rest wait there)",
+        },
     )
     shutdown_grace: float = field(
         default=SHUTDOWN_GRACE,

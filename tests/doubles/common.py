@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class DoubleState:
     busy: int = 0  # calls refused because the queue was full
     pending: int = 0
     max_concurrent: int = 0  # most embedding calls in the double at once
+    gate_seconds: float = 0.0  # time the gate was held: the modelled GPU's busy time
     last_request: dict[str, Any] = field(default_factory=dict)
     _waiting: int = field(default=0, init=False)
     _gate: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
@@ -84,6 +86,7 @@ class DoubleState:
                 await self._gate.acquire()
             finally:
                 self._waiting -= 1
+            held = time.perf_counter()
             try:
                 self.calls += 1
                 self.texts += n_texts
@@ -93,6 +96,7 @@ class DoubleState:
                     await asyncio.sleep(cost_ms / 1000)
                 yield
             finally:
+                self.gate_seconds += time.perf_counter() - held
                 self._gate.release()
         finally:
             self.pending -= 1
@@ -114,11 +118,13 @@ class DoubleState:
             "failed": self.failed,
             "busy": self.busy,
             "max_concurrent": self.max_concurrent,
+            "gate_seconds": self.gate_seconds,
             "last_request": self.last_request,
         }
 
     def reset_stats(self) -> None:
         self.calls = self.texts = self.failed = self.busy = self.max_concurrent = 0
+        self.gate_seconds = 0.0
         self.batch_sizes = []
         self.last_request = {}
 
