@@ -119,7 +119,8 @@ async def test_worker_sigterm_finishes_in_flight_and_hands_back_the_rest(
     e2e_db: str, ollama_url: str
 ) -> None:
     server = start_server(e2e_db)
-    worker = start_worker(server.url, ollama_url, BATCH_SIZE="5", PREFETCH="1")
+    # One batch at the backend and one claimed ahead, never started (so handed back).
+    worker = start_worker(server.url, ollama_url, BATCH_SIZE="5", PREFETCH="1", BACKEND_DEPTH="1")
     try:
         await control(ollama_url, delay_ms=1500)
         async with aiohttp.ClientSession() as session:
