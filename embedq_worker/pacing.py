@@ -104,10 +104,11 @@ class Pipeline:
         seconds = now - (call.started if call.started is not None else call.dispatched)
         if learn:
             (self.fresh if fresh else self.queued).observe(call.texts, seconds)
-        for waiting in self._calls.values():
-            if waiting.started is None:
-                waiting.started = now
-                break
+        if call.started is not None:  # it freed a unit: the oldest waiting call takes it
+            for waiting in self._calls.values():
+                if waiting.started is None:
+                    waiting.started = now
+                    break
         return seconds
 
     def _cost(self, texts: int, waited: bool) -> float | None:

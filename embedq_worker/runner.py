@@ -191,6 +191,7 @@ class Runner:
                 self._backlog = len(batch.items) >= self.settings.batch_size
                 self._last_size = len(batch.items)
             if not batch.items:
+                self._backlog = False
                 self._capacity.release()
                 self.stats.empty_claims += 1
                 if self.settings.burst and not self._held:

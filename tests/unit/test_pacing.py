@@ -205,3 +205,16 @@ def test_a_failed_call_teaches_nothing_but_frees_its_unit() -> None:
     pipeline.finish("b", 200.0, learn=False)
     assert pipeline.fresh.estimate(4) == pytest.approx(10.0)
     assert pipeline.queued.estimate(4) == pytest.approx(8.0)
+
+
+def test_a_waiting_call_that_ends_frees_no_unit() -> None:
+    """A call that failed while still waiting never held a unit: the next waiting call
+    keeps waiting behind the one computing."""
+    pipeline = Pipeline(units=1)
+    pipeline.dispatch("a", 4, now=0.0)  # computes
+    pipeline.dispatch("b", 4, now=0.0)  # waits
+    pipeline.dispatch("c", 4, now=0.0)  # waits
+    pipeline.finish("b", now=1.0, learn=False)
+    # "a" still holds the only unit: "c" is timed from a's end, not from b's.
+    pipeline.finish("a", now=2.0, learn=False)
+    assert pipeline.finish("c", now=5.0, learn=False) == 3.0
