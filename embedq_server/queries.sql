@@ -4,13 +4,16 @@
 -- not failed is reused (a retry attaches to it); otherwise the task and all its inputs
 -- ($8..$10: task id, position and text of every input, flattened) are inserted, and inputs
 -- found in the result cache (the request's scope, NULL when the cache is off) are stored
--- completed at once. Returns one row per request. The caller wakes the claimers if any
--- input is left.
+-- completed at once. A request given a lease ($11, with its worker $12; NULL for none)
+-- is handed to a claim waiting in this process: its other inputs are stored leased to
+-- that claim ($13: lease seconds), as a claim would have leased them, without one.
+-- Returns one row per request, with the inputs it leased. The caller wakes the claimers
+-- if any input is left pending.
 WITH req AS (
     SELECT *
     FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::integer[],
-                $6::integer[], $7::text[])
-         AS r(id, owner, fingerprint, model, dimensions, n_inputs, scope)
+                $6::integer[], $7::text[], $11::uuid[], $12::text[])
+         AS r(id, owner, fingerprint, model, dimensions, n_inputs, scope, lease, worker)
 ), existing AS MATERIALIZED (
     SELECT r.id AS req_id, e.id
     FROM req r
@@ -21,7 +24,7 @@ WITH req AS (
         LIMIT 1
     ) e
 ), inputs AS (
-    SELECT i.task_id, i.idx, i.input, r.model, r.dimensions, r.scope
+    SELECT i.task_id, i.idx, i.input, r.model, r.dimensions, r.scope, r.lease, r.worker
     FROM unnest($8::uuid[], $9::integer[], $10::text[]) AS i(task_id, idx, input)
     JOIN req r ON r.id = i.task_id
     WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.req_id = r.id)
@@ -52,17 +55,33 @@ WITH req AS (
     RETURNING id
 ), items AS (
     INSERT INTO embedq_item (task_id, idx, model, dimensions, input, state, vector, tokens,
-                             model_revision, completed_at)
+                             model_revision, completed_at, lease_token, lease_expires,
+                             attempts, worker, claimed_at)
     SELECT i.task_id, i.idx, i.model, i.dimensions, i.input,
-           CASE WHEN h.idx IS NULL THEN 'pending' ELSE 'completed' END,
+           CASE WHEN h.idx IS NOT NULL THEN 'completed'
+                WHEN i.lease IS NOT NULL THEN 'processing'
+                ELSE 'pending' END,
            h.vector, h.tokens, h.model_revision,
-           CASE WHEN h.idx IS NOT NULL THEN now() END
+           CASE WHEN h.idx IS NOT NULL THEN now() END,
+           CASE WHEN h.idx IS NULL THEN i.lease END,
+           CASE WHEN h.idx IS NULL AND i.lease IS NOT NULL
+                THEN now() + make_interval(secs => $13) END,
+           CASE WHEN h.idx IS NULL AND i.lease IS NOT NULL THEN 1 ELSE 0 END,
+           CASE WHEN h.idx IS NULL THEN i.worker END,
+           CASE WHEN h.idx IS NULL AND i.lease IS NOT NULL THEN now() END
     FROM inputs i
     JOIN task t ON t.id = i.task_id
     LEFT JOIN hits h ON h.task_id = i.task_id AND h.idx = i.idx
+    RETURNING task_id, idx, id, lease_token
 )
 SELECT r.id AS req_id, coalesce(e.id, r.id) AS id, e.id IS NOT NULL AS attached,
-       c.n AS hits
+       c.n AS hits,
+       CASE WHEN r.lease IS NOT NULL THEN
+           (SELECT array_agg(it.id ORDER BY it.idx) FROM items it
+            WHERE it.task_id = r.id AND it.lease_token IS NOT NULL) END AS leased_ids,
+       CASE WHEN r.lease IS NOT NULL THEN
+           (SELECT array_agg(it.idx ORDER BY it.idx) FROM items it
+            WHERE it.task_id = r.id AND it.lease_token IS NOT NULL) END AS leased_idx
 FROM req r
 JOIN counted c ON c.id = r.id
 LEFT JOIN existing e ON e.req_id = r.id;

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -118,6 +119,21 @@ class _Submission:
     scope: str | None  # result-cache scope; None: the cache is off
 
 
+@dataclass(eq=False)
+class _Offer:
+    """A claim waiting for work in this process. The next submit of one of its models may
+    store its inputs leased to it directly, saving the claim statement and a wake-up."""
+
+    models: frozenset[str]
+    max_items: int
+    lease: uuid.UUID
+    worker: str
+    items: asyncio.Future[list[ClaimedItem]]  # what a submit leased to it ([]: nothing)
+    taken: bool = False  # a submit is storing inputs for it
+    key: tuple[str, int] | None = None  # the (model, dimensions) it was given
+    given: int = 0  # inputs given so far
+
+
 class LeaseLost(Exception):
     """None of the items named are held under this lease any more (expired or re-claimed)."""
 
@@ -147,6 +163,7 @@ class Queue:
         self._work_notified: dict[str, float] = {}  # model -> when work was last announced
         self._work_trailing: set[str] = set()  # models with a trailing announcement due
         self._background: set[asyncio.Task[None]] = set()
+        self._offers: list[_Offer] = []  # claims waiting here, in arrival order
         self._submits = Grouped(
             self._submit_group,
             "submit-tasks",
@@ -200,14 +217,63 @@ class Queue:
         hits = row["hits"]
         if hits:
             metrics.count_outcome(model, "cached", hits)
-        self._pending_count += len(inputs) - hits
-        if hits < len(inputs):
+        pending = len(inputs) - hits - len(row["leased_ids"] or ())
+        self._pending_count += pending
+        if pending:
             self.announce_work(model)
         return task_id, False, hits == len(inputs)
 
     async def _submit_group(self, group: list[_Submission]) -> list[asyncpg.Record]:
-        """One statement (one commit) for the requests that arrived together."""
-        rows = await self.pool.fetch(
+        """One statement (one commit) for the requests that arrived together; requests
+        that fit a claim waiting here are stored leased to it."""
+        offers = self._match_offers(group)
+        try:
+            rows = await self._insert_group(group, offers)
+        except BaseException:
+            for taken in {o for o in offers if o is not None}:
+                taken.items.set_result([])  # the claim looks again itself
+            raise
+        by_request = {row["req_id"]: row for row in rows}
+        given: dict[_Offer, list[ClaimedItem]] = {o: [] for o in offers if o is not None}
+        for sub, match in zip(group, offers, strict=True):
+            row = by_request[sub.task_id]
+            if match is None or not row["leased_ids"]:
+                continue
+            given[match] += [
+                ClaimedItem(
+                    item_id, str(sub.task_id), sub.inputs[idx], sub.model, sub.dimensions, 1
+                )
+                for item_id, idx in zip(row["leased_ids"], row["leased_idx"], strict=True)
+            ]
+        for offer, items in given.items():
+            offer.items.set_result(sorted(items, key=lambda i: i.id))
+        return [by_request[s.task_id] for s in group]
+
+    def _match_offers(self, group: list[_Submission]) -> list[_Offer | None]:
+        """Give each request to the first waiting claim of its model that has room for all
+        its inputs (one model and one dimensions per claim); None: it goes pending."""
+        matched: list[_Offer | None] = []
+        for sub in group:
+            found = None
+            for offer in self._offers:
+                fits = offer.given + len(sub.inputs) <= offer.max_items
+                same = offer.key is None or offer.key == (sub.model, sub.dimensions)
+                if sub.model in offer.models and fits and same:
+                    found = offer
+                    break
+            if found is not None:
+                found.taken = True
+                found.key = (sub.model, sub.dimensions)
+                found.given += len(sub.inputs)
+            matched.append(found)
+        if any(m is not None for m in matched):
+            self._offers = [o for o in self._offers if not o.taken]
+        return matched
+
+    async def _insert_group(
+        self, group: list[_Submission], offers: list[_Offer | None]
+    ) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self.pool.fetch(
             QUERIES["submit_tasks"],
             [s.task_id for s in group],
             [s.owner for s in group],
@@ -219,9 +285,11 @@ class Queue:
             [s.task_id for s in group for _ in s.inputs],
             [i for s in group for i in range(len(s.inputs))],
             [text for s in group for text in s.inputs],
+            [o.lease if o is not None else None for o in offers],
+            [o.worker if o is not None else None for o in offers],
+            self.settings.lease_seconds,
         )
-        by_request = {row["req_id"]: row for row in rows}
-        return [by_request[s.task_id] for s in group]
+        return rows
 
     def announce_work(self, model: str) -> None:
         """Wake claimers of new work: in this process at once; in other server processes by
@@ -372,10 +440,65 @@ class Queue:
             left = deadline - loop.time()
             if left <= 0 or self.closing:
                 return Claim(str(lease), [])
-            try:
-                await asyncio.wait_for(signal.wait(), min(left, self.settings.backstop_interval))
-            except TimeoutError:
-                pass
+            items = await self._wait_for_work(
+                signal, models, max_items, lease, worker, min(left, self.settings.backstop_interval)
+            )
+            if items:
+                if gone():
+                    await self.release(str(lease), [i.id for i in items])
+                    return Claim(str(lease), [])
+                metrics.observe_claim(items[0].model, len(items))
+                return Claim(str(lease), items)
+
+    async def _wait_for_work(
+        self,
+        signal: asyncio.Event,
+        models: Sequence[str],
+        max_items: int,
+        lease: uuid.UUID,
+        worker: WorkerInfo,
+        timeout: float,
+    ) -> list[ClaimedItem]:
+        """Wait for new work, offering this claim to the submits meanwhile: what a submit
+        leased to it directly is returned; [] means look again."""
+        loop = asyncio.get_running_loop()
+        offer = _Offer(frozenset(models), max_items, lease, worker.name, loop.create_future())
+        self._offers.append(offer)
+        announced = asyncio.ensure_future(signal.wait())
+        either: list[asyncio.Future[Any]] = [announced, offer.items]
+        try:
+            await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not offer.taken:
+                return []
+            # A submit is storing inputs for this claim: its answer decides.
+            return await asyncio.shield(offer.items)
+        except asyncio.CancelledError:
+            if offer.taken:  # what is leased to it goes back once the insert is done
+                offer.items.add_done_callback(self._release_orphaned(str(lease)))
+            raise
+        finally:
+            announced.cancel()
+            if not offer.taken:
+                self._offers.remove(offer)
+
+    def _release_orphaned(self, lease: str) -> Callable[[asyncio.Future[list[ClaimedItem]]], None]:
+        """Inputs leased to a claim that was cancelled meanwhile go back at once."""
+
+        def release(fut: asyncio.Future[list[ClaimedItem]]) -> None:
+            if fut.cancelled() or not fut.result():
+                return
+            ids = [i.id for i in fut.result()]
+            task = asyncio.create_task(self._release_logged(lease, ids), name="release-orphaned")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        return release
+
+    async def _release_logged(self, lease: str, ids: list[int]) -> None:
+        try:
+            await self.release(lease, ids)
+        except Exception as exc:  # the lease expires on its own: nothing is lost
+            log.warning("could not hand back orphaned inputs lease=%s error=%r", lease, exc)
 
     async def _fetch_keeping_result(self, query: str, *args: object) -> list[asyncpg.Record]:
         """Fetch, and keep the rows even if returning the connection to the pool fails (the

@@ -1,0 +1,156 @@
+"""A claim waiting in this process is handed the next submit of its model directly: the
+insert stores the inputs leased to it, as the claim statement would have, and the claim
+returns without running it. What does not fit goes pending and is claimed as before."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from embedq_server.keys import POOL, QUEUE
+from embedq_server.queue import Claim, Queue, WorkerInfo
+
+WORKER = WorkerInfo(name="w-handoff", models=("m",))
+GUARD = 10.0  # seconds: a broken hand-off fails here instead of hanging the suite
+
+
+def setup(client: Any) -> tuple[Queue, asyncpg.Pool]:
+    app = client.server.app
+    return app[QUEUE], app[POOL]
+
+
+def count_claim_statements(queue: Queue) -> list[int]:
+    """Count the claim statements run (the only caller of _fetch_keeping_result)."""
+    calls: list[int] = []
+    inner = queue._fetch_keeping_result
+
+    async def counted(query: str, *args: object) -> list[asyncpg.Record]:
+        calls.append(1)
+        return await inner(query, *args)
+
+    queue._fetch_keeping_result = counted  # type: ignore[method-assign]
+    return calls
+
+
+async def waiting_claim(queue: Queue, max_items: int = 8, **kw: Any) -> asyncio.Task[Claim]:
+    """A claim that found nothing and now waits (its offer is registered)."""
+    claim = asyncio.create_task(queue.claim(WORKER, ["m"], max_items, wait=15, **kw))
+    for _ in range(200):
+        if queue._offers:
+            return claim
+        await asyncio.sleep(0.01)
+    raise AssertionError("the claim never started waiting")
+
+
+async def test_a_waiting_claim_gets_the_next_submit_without_a_claim_statement(app_client):
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = setup(client)
+    claims = count_claim_statements(queue)
+    claim = await waiting_claim(queue)
+    assert len(claims) == 1  # the first look found nothing
+    task_id, attached, finished = await queue.submit("owner", "m", 0, ["x", "y"])
+    assert (attached, finished) == (False, False)
+    got = await asyncio.wait_for(claim, GUARD)
+    assert len(claims) == 1  # handed over: no second claim statement
+    assert [i.input for i in got.items] == ["x", "y"]
+    assert {i.task_id for i in got.items} == {task_id}
+    rows = await pool.fetch(
+        "SELECT state, lease_token::text, attempts, worker, lease_expires > now() AS live,"
+        " claimed_at IS NOT NULL AS claimed FROM embedq_item WHERE task_id = $1 ORDER BY idx",
+        task_id,
+    )
+    assert [tuple(r) for r in rows] == [("processing", got.lease, 1, "w-handoff", True, True)] * 2
+    assert queue._offers == []
+    # The lease works as any other: the results complete the task.
+    done, _ = await queue.complete(got.lease, [(i.id, b"\0\0\x80?", 1) for i in got.items])
+    assert sorted(done) == sorted(i.id for i in got.items)
+    task = await queue.read(task_id)
+    assert task is not None and task.status == "completed"
+
+
+async def test_a_request_larger_than_the_claim_goes_pending_and_is_claimed_as_before(
+    app_client,
+):
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = setup(client)
+    claims = count_claim_statements(queue)
+    claim = await waiting_claim(queue, max_items=2)
+    task_id, _, _ = await queue.submit("owner", "m", 0, ["a", "b", "c"])
+    got = await asyncio.wait_for(claim, GUARD)
+    assert len(claims) == 2  # woken by the announcement, it claimed with a statement
+    assert [i.input for i in got.items] == ["a", "b"]
+    states = await pool.fetch(
+        "SELECT state FROM embedq_item WHERE task_id = $1 ORDER BY idx", task_id
+    )
+    assert [r["state"] for r in states] == ["processing", "processing", "pending"]
+
+
+async def test_other_models_and_cached_requests_do_not_fill_the_claim(app_client):
+    client = await app_client(backstop_interval=20.0, cache="owner")
+    queue, pool = setup(client)
+    # Store a result for "seen", so a later request of it is answered from the cache.
+    await queue.submit("owner", "m", 0, ["seen"])
+    held = await queue.claim(WORKER, ["m"], 8, wait=0)
+    await queue.complete(held.lease, [(held.items[0].id, b"\0\0\x80?", 1)])
+
+    claim = await waiting_claim(queue)
+    other, _, _ = await queue.submit("owner", "other-model", 0, ["nope"])
+    # (Not ["seen"] alone: an identical request would attach to the first task.)
+    _, attached, finished = await queue.submit("owner", "m", 0, ["seen", "seen"])
+    assert (attached, finished) == (False, True)
+    assert not claim.done()
+    await queue.submit("owner", "m", 0, ["new"])
+    got = await asyncio.wait_for(claim, GUARD)
+    assert [i.input for i in got.items] == ["new"]
+    states = await pool.fetch("SELECT state FROM embedq_item WHERE task_id = $1", other)
+    assert [r["state"] for r in states] == ["pending"]
+
+
+async def test_one_claim_takes_one_model_and_dimensions(app_client):
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = setup(client)
+    claim = await waiting_claim(queue)
+    results = await asyncio.gather(
+        queue.submit("owner", "m", 0, ["native"]),
+        queue.submit("owner", "m", 64, ["cut"]),
+    )
+    got = await asyncio.wait_for(claim, GUARD)
+    assert [i.input for i in got.items] == ["native"]
+    assert {i.dimensions for i in got.items} == {0}
+    states = await pool.fetch("SELECT state FROM embedq_item WHERE task_id = $1", results[1][0])
+    assert [r["state"] for r in states] == ["pending"]
+
+
+async def test_a_claim_whose_worker_hung_up_hands_the_inputs_back(app_client):
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = setup(client)
+    hung_up = False
+    claim = await waiting_claim(queue, gone=lambda: hung_up)
+    hung_up = True
+    task_id, _, _ = await queue.submit("owner", "m", 0, ["x"])
+    got = await asyncio.wait_for(claim, GUARD)
+    assert got.items == []
+    rows = await pool.fetch("SELECT state, attempts FROM embedq_item WHERE task_id = $1", task_id)
+    assert [tuple(r) for r in rows] == [("pending", 0)]  # handed back, the try not counted
+
+
+async def test_a_cancelled_claim_releases_what_was_leased_to_it(app_client):
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = setup(client)
+    claim = await waiting_claim(queue)
+    submit = asyncio.create_task(queue.submit("owner", "m", 0, ["x"]))
+    # Cancel the claim the moment its offer is taken, while the insert is in flight.
+    for _ in range(1000):
+        if not queue._offers:
+            break
+        await asyncio.sleep(0)
+    claim.cancel()
+    task_id, _, _ = await submit
+    for _ in range(200):
+        rows = await pool.fetch("SELECT state FROM embedq_item WHERE task_id = $1", task_id)
+        if [r["state"] for r in rows] == ["pending"]:
+            break
+        await asyncio.sleep(0.02)
+    assert [r["state"] for r in rows] == ["pending"]
