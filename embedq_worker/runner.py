@@ -85,6 +85,13 @@ class Runner:
         self._pipelines: dict[str, Pipeline] = {}  # per model: its calls in flight, its costs
         self._round_trips = RoundTrips()
         self._backlog = False  # the last claim came back full: more is waiting
+        self._claims: set[asyncio.Task[None]] = set()
+        self._claiming = 0  # claims in flight
+        self._claims_done = asyncio.Event()  # set while no claim is in flight
+        self._claims_done.set()
+        self._retry_at = 0.0  # after a failed claim: no new one before this
+        self._backoff = 0.0
+        self._failure: BaseException | None = None  # what stopped a claim unexpectedly
         self._last_size = 1  # texts in the last batch claimed
 
     async def healthy(self) -> bool:
@@ -119,6 +126,8 @@ class Runner:
             for task in done:
                 if task is not stopper and not task.cancelled() and task.exception():
                     raise task.exception()  # type: ignore[misc]
+            if self._failure is not None:
+                raise self._failure
         finally:
             self._stop.set()
             await self._shutdown(claimer, computers, heartbeat)
@@ -131,8 +140,11 @@ class Runner:
         heartbeat: asyncio.Task[None],
     ) -> None:
         claimer.cancel()
+        for claim in list(self._claims):  # the server hands back what a hung-up claim got
+            claim.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await claimer
+        await asyncio.gather(*self._claims, return_exceptions=True)
         await self._release_unstarted()
         # The batches in flight get the grace period to finish and post.
         for _ in computers:
@@ -168,38 +180,65 @@ class Runner:
     # -- claiming --------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        backoff = self.settings.poll_interval
+        """Claim while there is room: one claim at a time, timed just in time, except
+        while claims come back full (a backlog): then the next goes without waiting for
+        the one in flight, so a worker far from its server (a claim's round trip longer
+        than a batch's compute) still keeps its GPU fed."""
         while not self._stop.is_set():
             await self._capacity.acquire()
-            await self._sleep(self._prefetch_delay())
-            try:
-                wait = 0.0 if self.settings.burst else self.settings.claim_wait
-                sent = time.monotonic()
-                batch = await self.client.claim(self.settings.batch_size, wait)
-            except ServerError as exc:
+            if not self._backlog:
+                await self._claims_done.wait()
+            await self._sleep(max(self._prefetch_delay(), self._retry_at - time.monotonic()))
+            if self._stop.is_set():
                 self._capacity.release()
-                log.warning("claim failed error=%s; retry in %.1fs", exc, backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                continue
-            except BaseException:
-                self._capacity.release()
-                raise
-            backoff = self.settings.poll_interval
-            if batch.items:
-                self._round_trips.observe(time.monotonic() - sent)
-                self._backlog = len(batch.items) >= self.settings.batch_size
-                self._last_size = len(batch.items)
-            if not batch.items:
-                self._backlog = False
-                self._capacity.release()
-                self.stats.empty_claims += 1
-                if self.settings.burst and not self._held:
-                    log.info("queue empty: burst mode done")
-                    self._stop.set()
-                continue
-            self._held[batch.lease] = batch
-            await self._ready.put(batch)
+                return
+            self._claiming += 1
+            self._claims_done.clear()
+            claim = asyncio.create_task(self._claim_one(), name="claim")
+            self._claims.add(claim)
+            claim.add_done_callback(self._claim_ended)
+
+    def _claim_ended(self, claim: asyncio.Task[None]) -> None:
+        self._claims.discard(claim)
+        self._claiming -= 1
+        if not self._claiming:
+            self._claims_done.set()
+        if not claim.cancelled() and claim.exception() is not None:
+            self._failure = claim.exception()
+            self._stop.set()
+
+    async def _claim_one(self) -> None:
+        """One claim; its batch goes to the compute slots, or its room back."""
+        try:
+            wait = 0.0 if self.settings.burst else self.settings.claim_wait
+            sent = time.monotonic()
+            batch = await self.client.claim(self.settings.batch_size, wait)
+        except ServerError as exc:
+            self._capacity.release()
+            failing = self._backoff > 0  # the previous claim failed too: back off further
+            self._backoff = (
+                min(self._backoff * 2, BACKOFF_MAX) if failing else self.settings.poll_interval
+            )
+            self._retry_at = time.monotonic() + self._backoff
+            log.warning("claim failed error=%s; retry in %.1fs", exc, self._backoff)
+            return
+        except BaseException:
+            self._capacity.release()
+            raise
+        self._backoff = self._retry_at = 0.0
+        if not batch.items:
+            self._backlog = False
+            self._capacity.release()
+            self.stats.empty_claims += 1
+            if self.settings.burst and not self._held and self._claiming == 1:
+                log.info("queue empty: burst mode done")
+                self._stop.set()
+            return
+        self._round_trips.observe(time.monotonic() - sent)
+        self._backlog = len(batch.items) >= self.settings.batch_size
+        self._last_size = len(batch.items)
+        self._held[batch.lease] = batch
+        await self._ready.put(batch)
 
     def _prefetch_delay(self) -> float:
         """How long to hold the next claim: none while a unit is idle or the last claim
