@@ -116,6 +116,10 @@ class Pipeline:
         estimate = first.estimate(texts)
         return estimate if estimate is not None else second.estimate(texts)
 
+    def cost(self, texts: int) -> float | None:
+        """What a call of `texts` takes from reaching the backend to its answer."""
+        return self._cost(texts, waited=False)
+
     def lead(self, texts: int) -> float:
         fresh, queued = self.fresh.estimate(texts), self.queued.estimate(texts)
         if fresh is None or queued is None:

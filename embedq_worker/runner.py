@@ -182,11 +182,11 @@ class Runner:
     async def _claim_loop(self) -> None:
         """Claim while there is room: one claim at a time, timed just in time, except
         while claims come back full (a backlog): then the next goes without waiting for
-        the one in flight, so a worker far from its server (a claim's round trip longer
-        than a batch's compute) still keeps its GPU fed."""
+        the one in flight, and so they do when a claim's round trip outlasts a call (a
+        worker far from its server), so the GPU stays fed."""
         while not self._stop.is_set():
             await self._capacity.acquire()
-            if not self._backlog:
+            if not self._backlog and not self._far():
                 await self._claims_done.wait()
             await self._sleep(max(self._prefetch_delay(), self._retry_at - time.monotonic()))
             if self._stop.is_set():
@@ -197,6 +197,15 @@ class Runner:
             claim = asyncio.create_task(self._claim_one(), name="claim")
             self._claims.add(claim)
             claim.add_done_callback(self._claim_ended)
+
+    def _far(self) -> bool:
+        """A claim's round trip outlasts a call: one claim at a time cannot keep up."""
+        trip = self._round_trips.estimate()
+        for pipeline in self._pipelines.values():
+            cost = pipeline.cost(self._last_size)
+            if cost is not None and trip > cost:
+                return True
+        return False
 
     def _claim_ended(self, claim: asyncio.Task[None]) -> None:
         self._claims.discard(claim)

@@ -218,3 +218,29 @@ def test_a_waiting_call_that_ends_frees_no_unit() -> None:
     # "a" still holds the only unit: "c" is timed from a's end, not from b's.
     pipeline.finish("a", now=2.0, learn=False)
     assert pipeline.finish("c", now=5.0, learn=False) == 3.0
+
+
+def test_claims_overlap_only_when_a_round_trip_outlasts_a_call() -> None:
+    """One claim at a time keeps just-in-time pacing exact; but when a claim's round trip
+    is longer than a call, one at a time starves the GPU, so the runner lets them overlap."""
+    from embedq_worker.runner import Runner
+    from embedq_worker.settings import WorkerSettings
+
+    class Backend:
+        name = "b"
+        concurrency = 1
+
+    runner = Runner(WorkerSettings(), client=None, backends={"m": Backend()})  # type: ignore[arg-type, dict-item]
+    assert not runner._far()  # nothing known yet
+    pipeline = runner._pipeline("m", runner.backends["m"])
+    for _ in range(MIN_SAMPLES):
+        pipeline.dispatch("x", 10, now=0.0)
+        pipeline.finish("x", now=0.040, learn=True)  # a call: 40 ms
+    runner._last_size = 10
+    for _ in range(3):
+        runner._round_trips.observe(0.005)  # claims come back in 5 ms
+    assert pipeline.cost(10) == pytest.approx(0.040)
+    assert not runner._far()
+    for _ in range(8):
+        runner._round_trips.observe(0.070)  # the server is 70 ms away
+    assert runner._far()
