@@ -93,6 +93,11 @@ class Grouped(Generic[In, Out]):
             if not fut.done():
                 fut.set_result(answer)
 
+    async def drain(self) -> None:
+        """Wait for the statements in flight (shutdown)."""
+        if self._flushers:
+            await asyncio.gather(*self._flushers, return_exceptions=True)
+
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Mark the error of an answer nobody waits for any more (its caller gave up) as seen."""
