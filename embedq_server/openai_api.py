@@ -18,7 +18,7 @@ from . import tokens
 from .auth import owner_of, require
 from .errors import ApiError
 from .keys import CLIENT_TOKENS, QUEUE, SETTINGS
-from .queue import Task
+from .records import Task
 from .settings import Settings
 from .vectors import to_floats
 

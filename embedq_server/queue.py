@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -24,6 +22,17 @@ from . import metrics
 from .grouping import Grouped
 from .listener import Listener
 from .outage import DATABASE_DOWN, TaskUnreachable
+from .records import (
+    Claim,
+    ClaimedItem,
+    Failure,
+    Task,
+    WorkerInfo,
+    claimed_from_row,
+    fingerprint,
+    finished_whole,
+    task_with_results,
+)
 from .settings import MAINTENANCE_BATCH, Settings
 from .sql import QUERIES
 
@@ -35,75 +44,6 @@ SERVED_CACHE_SECONDS = 2.0  # how stale "which models have a live worker" may be
 WORK_NOTIFY_INTERVAL = 0.02  # seconds: at most one cross-process "new work" NOTIFY per model
 SUBMITS_IN_FLIGHT = 2  # group inserts at once: one commits while the next group gathers
 DOWN_RETRY = 0.5  # seconds between re-reads of a waited-for task while the database is down
-
-
-@dataclass(frozen=True, slots=True)
-class ItemResult:
-    index: int
-    vector: bytes
-    tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class Task:
-    id: str
-    owner: str
-    model: str
-    dimensions: int
-    n_inputs: int
-    remaining: int
-    failed: int
-    error: str | None
-    error_code: str | None
-    created_at: datetime
-    finished_at: datetime | None
-    results: tuple[ItemResult, ...] | None = None  # in input order, once completed and read
-
-    @property
-    def done(self) -> bool:
-        """Nothing more will change the answer: all inputs ended, or one failed."""
-        return self.remaining <= 0 or self.failed > 0
-
-    @property
-    def status(self) -> str:
-        if self.failed > 0:
-            return "failed"
-        if self.remaining <= 0:
-            return "completed"
-        return "pending" if self.remaining == self.n_inputs else "processing"
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedItem:
-    id: int
-    task_id: str
-    input: str
-    model: str
-    dimensions: int
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    lease: str
-    items: list[ClaimedItem]
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    id: int
-    error: str
-    code: str
-    retry: bool
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    name: str
-    version: str | None = None
-    models: tuple[str, ...] = ()
-    backend: str | None = None
-    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,22 +72,6 @@ class _Offer:
     taken: bool = False  # a submit is storing inputs for it
     key: tuple[str, int] | None = None  # the (model, dimensions) it was given
     given: int = 0  # inputs given so far
-
-
-class LeaseLost(Exception):
-    """None of the items named are held under this lease any more (expired or re-claimed)."""
-
-
-def fingerprint(owner: str, model: str, dimensions: int, inputs: Sequence[str]) -> bytes:
-    """Identifies an identical request by the same client, so a retry attaches to it."""
-    h = hashlib.sha256()
-    for part in (owner, model, str(dimensions), str(len(inputs))):
-        h.update(part.encode())
-        h.update(b"\0")
-    for text in inputs:
-        h.update(len(text).to_bytes(8, "little"))
-        h.update(text.encode("utf-8", "surrogatepass"))
-    return h.digest()
 
 
 class Queue:
@@ -352,7 +276,7 @@ class Queue:
         rows = await self.pool.fetch(
             QUERIES["get_tasks_with_results"], [uuid.UUID(t) for t in set(task_ids)]
         )
-        found = {str(row["id"]): _task_with_results(row) for row in rows}
+        found = {str(row["id"]): task_with_results(row) for row in rows}
         return [found.get(t) for t in task_ids]
 
     async def wait(self, task_id: str, timeout: float) -> Task | None:
@@ -431,7 +355,7 @@ class Queue:
                 worker.name,
             )
             if rows:
-                items = sorted((_claimed(r) for r in rows), key=lambda i: i.id)
+                items = sorted((claimed_from_row(r) for r in rows), key=lambda i: i.id)
                 if gone():
                     await self.release(str(lease), [i.id for i in items])
                     return Claim(str(lease), [])
@@ -555,7 +479,7 @@ class Queue:
                     # Committed: wake this process's waiters now (with the tasks this batch
                     # finished whole in hand); the NOTIFY tells the other processes.
                     woken = [str(t) for t in row["task_ids"]]
-                    self.listener.announce_done(woken, _finished_whole(row, results))
+                    self.listener.announce_done(woken, finished_whole(row, results))
                     await self._note_revision(conn, row["model"], model_revision)
                     metrics.observe_completed(
                         row["model"], row["queue_waits"], row["computes"], row["totals"]
@@ -647,83 +571,4 @@ def _refused_value(exc: Exception) -> bool:
     request brought, not for the database being unreachable."""
     return isinstance(exc, asyncpg.PostgresError | asyncpg.DataError) and not isinstance(
         exc, DATABASE_DOWN
-    )
-
-
-def _finished_whole(
-    row: asyncpg.Record, results: Sequence[tuple[int, bytes, int]]
-) -> dict[str, Task]:
-    """The tasks a completion finished all at once, with the vectors just posted: their
-    waiters in this process are answered from these, without reading them back."""
-    if not row["whole_ids"]:
-        return {}
-    posted = {item_id: (vector, tokens) for item_id, vector, tokens in results}
-    slots: dict[str, list[ItemResult]] = {str(t): [] for t in row["whole_ids"]}
-    for item_id, task_id, idx in zip(row["ids"], row["item_tasks"], row["idxs"], strict=True):
-        slot = slots.get(str(task_id))
-        if slot is not None:
-            vector, tokens = posted[item_id]
-            slot.append(ItemResult(idx, vector, tokens))
-    finished: dict[str, Task] = {}
-    columns = zip(
-        row["whole_ids"],
-        row["whole_owners"],
-        row["whole_models"],
-        row["whole_dimensions"],
-        row["whole_n_inputs"],
-        row["whole_created"],
-        strict=True,
-    )
-    for task_id, owner, model, dimensions, n_inputs, created_at in columns:
-        items = sorted(slots[str(task_id)], key=lambda r: r.index)
-        finished[str(task_id)] = Task(
-            id=str(task_id),
-            owner=owner,
-            model=model,
-            dimensions=dimensions,
-            n_inputs=n_inputs,
-            remaining=0,
-            failed=0,
-            error=None,
-            error_code=None,
-            created_at=created_at,
-            finished_at=row["finished_at"],
-            results=tuple(items),
-        )
-    return finished
-
-
-def _task_with_results(row: asyncpg.Record) -> Task:
-    results = None
-    if row["vectors"] is not None:
-        pairs = zip(row["vectors"], row["tokens"], strict=True)
-        results = tuple(ItemResult(i, v, t) for i, (v, t) in enumerate(pairs))
-    return _task(row, results)
-
-
-def _task(row: asyncpg.Record, results: tuple[ItemResult, ...] | None = None) -> Task:
-    return Task(
-        id=str(row["id"]),
-        owner=row["owner"],
-        model=row["model"],
-        dimensions=row["dimensions"],
-        n_inputs=row["n_inputs"],
-        remaining=row["remaining"],
-        failed=row["failed"],
-        error=row["error"],
-        error_code=row["error_code"],
-        created_at=row["created_at"],
-        finished_at=row["finished_at"],
-        results=results,
-    )
-
-
-def _claimed(row: asyncpg.Record) -> ClaimedItem:
-    return ClaimedItem(
-        id=row["id"],
-        task_id=str(row["task_id"]),
-        input=row["input"],
-        model=row["model"],
-        dimensions=row["dimensions"],
-        attempts=row["attempts"],
     )

@@ -15,7 +15,7 @@ from .auth import owner_of, require
 from .errors import ApiError
 from .keys import CLIENT_TOKENS, QUEUE, SETTINGS
 from .openai_api import answer, embeddings_body, failure_error
-from .queue import Task
+from .records import Task
 
 
 def _iso(value: datetime | None) -> str | None:

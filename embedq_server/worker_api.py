@@ -13,7 +13,7 @@ from .auth import require
 from .errors import ApiError
 from .keys import QUEUE, SETTINGS, WORKER_TOKENS
 from .openai_api import as_int, check_text, json_type, read_json
-from .queue import Failure, WorkerInfo
+from .records import Failure, WorkerInfo
 
 FAILURE_CODES = frozenset(
     {"input_rejected", "model_not_found", "backend_error", "dimensions_unsupported"}

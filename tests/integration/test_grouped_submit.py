@@ -18,7 +18,8 @@ import asyncpg
 import pytest
 
 from embedq_server.keys import POOL, QUEUE
-from embedq_server.queue import Queue, WorkerInfo, fingerprint
+from embedq_server.queue import Queue
+from embedq_server.records import WorkerInfo, fingerprint
 
 ALICE = "alice"
 BOB = "bob"

@@ -10,7 +10,8 @@ from typing import Any
 import asyncpg
 
 from embedq_server.keys import POOL, QUEUE
-from embedq_server.queue import Claim, Queue, WorkerInfo
+from embedq_server.queue import Queue
+from embedq_server.records import Claim, WorkerInfo
 
 WORKER = WorkerInfo(name="w-handoff", models=("m",))
 GUARD = 10.0  # seconds: a broken hand-off fails here instead of hanging the suite

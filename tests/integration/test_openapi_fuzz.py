@@ -24,7 +24,7 @@ from schemathesis import GenerationMode
 from embedq_server import openapi
 from embedq_server.app import create_app
 from embedq_server.keys import POOL, QUEUE
-from embedq_server.queue import WorkerInfo
+from embedq_server.records import WorkerInfo
 from tests.conftest import free_port
 from tests.helpers import CLIENT, WORKER, make_settings
 

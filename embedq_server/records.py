@@ -1,0 +1,171 @@
+"""What the queue hands out: tasks with their results, claimed inputs, worker reports, as
+plain frozen dataclasses, and how they are built from the rows PostgreSQL returns."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    index: int
+    vector: bytes
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    owner: str
+    model: str
+    dimensions: int
+    n_inputs: int
+    remaining: int
+    failed: int
+    error: str | None
+    error_code: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    results: tuple[ItemResult, ...] | None = None  # in input order, once completed and read
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will change the answer: all inputs ended, or one failed."""
+        return self.remaining <= 0 or self.failed > 0
+
+    @property
+    def status(self) -> str:
+        if self.failed > 0:
+            return "failed"
+        if self.remaining <= 0:
+            return "completed"
+        return "pending" if self.remaining == self.n_inputs else "processing"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedItem:
+    id: int
+    task_id: str
+    input: str
+    model: str
+    dimensions: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    lease: str
+    items: list[ClaimedItem]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    id: int
+    error: str
+    code: str
+    retry: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    name: str
+    version: str | None = None
+    models: tuple[str, ...] = ()
+    backend: str | None = None
+    host: str | None = None
+
+
+def fingerprint(owner: str, model: str, dimensions: int, inputs: Sequence[str]) -> bytes:
+    """Identifies an identical request by the same client, so a retry attaches to it."""
+    h = hashlib.sha256()
+    for part in (owner, model, str(dimensions), str(len(inputs))):
+        h.update(part.encode())
+        h.update(b"\0")
+    for text in inputs:
+        h.update(len(text).to_bytes(8, "little"))
+        h.update(text.encode("utf-8", "surrogatepass"))
+    return h.digest()
+
+
+def finished_whole(
+    row: asyncpg.Record, results: Sequence[tuple[int, bytes, int]]
+) -> dict[str, Task]:
+    """The tasks a completion finished all at once, with the vectors just posted: their
+    waiters in this process are answered from these, without reading them back."""
+    if not row["whole_ids"]:
+        return {}
+    posted = {item_id: (vector, tokens) for item_id, vector, tokens in results}
+    slots: dict[str, list[ItemResult]] = {str(t): [] for t in row["whole_ids"]}
+    for item_id, task_id, idx in zip(row["ids"], row["item_tasks"], row["idxs"], strict=True):
+        slot = slots.get(str(task_id))
+        if slot is not None:
+            vector, tokens = posted[item_id]
+            slot.append(ItemResult(idx, vector, tokens))
+    finished: dict[str, Task] = {}
+    columns = zip(
+        row["whole_ids"],
+        row["whole_owners"],
+        row["whole_models"],
+        row["whole_dimensions"],
+        row["whole_n_inputs"],
+        row["whole_created"],
+        strict=True,
+    )
+    for task_id, owner, model, dimensions, n_inputs, created_at in columns:
+        items = sorted(slots[str(task_id)], key=lambda r: r.index)
+        finished[str(task_id)] = Task(
+            id=str(task_id),
+            owner=owner,
+            model=model,
+            dimensions=dimensions,
+            n_inputs=n_inputs,
+            remaining=0,
+            failed=0,
+            error=None,
+            error_code=None,
+            created_at=created_at,
+            finished_at=row["finished_at"],
+            results=tuple(items),
+        )
+    return finished
+
+
+def task_with_results(row: asyncpg.Record) -> Task:
+    results = None
+    if row["vectors"] is not None:
+        pairs = zip(row["vectors"], row["tokens"], strict=True)
+        results = tuple(ItemResult(i, v, t) for i, (v, t) in enumerate(pairs))
+    return task_from_row(row, results)
+
+
+def task_from_row(row: asyncpg.Record, results: tuple[ItemResult, ...] | None = None) -> Task:
+    return Task(
+        id=str(row["id"]),
+        owner=row["owner"],
+        model=row["model"],
+        dimensions=row["dimensions"],
+        n_inputs=row["n_inputs"],
+        remaining=row["remaining"],
+        failed=row["failed"],
+        error=row["error"],
+        error_code=row["error_code"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        results=results,
+    )
+
+
+def claimed_from_row(row: asyncpg.Record) -> ClaimedItem:
+    return ClaimedItem(
+        id=row["id"],
+        task_id=str(row["task_id"]),
+        input=row["input"],
+        model=row["model"],
+        dimensions=row["dimensions"],
+        attempts=row["attempts"],
+    )
