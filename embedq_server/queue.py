@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,7 +232,11 @@ class Queue:
     def _send_work_notify(self, model: str) -> None:
         self._work_trailing.discard(model)
         self._work_notified[model] = asyncio.get_running_loop().time()
-        task = asyncio.create_task(self._notify_work(model), name="notify-work")
+        self._in_background(self._notify_work(model), "notify-work")
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `work` on its own, keeping a reference until it ends."""
+        task = asyncio.create_task(work, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -356,11 +360,7 @@ class Queue:
             )
             if rows:
                 items = sorted((claimed_from_row(r) for r in rows), key=lambda i: i.id)
-                if gone():
-                    await self.release(str(lease), [i.id for i in items])
-                    return Claim(str(lease), [])
-                metrics.observe_claim(items[0].model, len(items))
-                return Claim(str(lease), items)
+                return await self._hand_over(str(lease), items, gone)
             left = deadline - loop.time()
             if left <= 0 or self.closing:
                 return Claim(str(lease), [])
@@ -368,11 +368,17 @@ class Queue:
                 signal, models, max_items, lease, worker, min(left, self.settings.backstop_interval)
             )
             if items:
-                if gone():
-                    await self.release(str(lease), [i.id for i in items])
-                    return Claim(str(lease), [])
-                metrics.observe_claim(items[0].model, len(items))
-                return Claim(str(lease), items)
+                return await self._hand_over(str(lease), items, gone)
+
+    async def _hand_over(
+        self, lease: str, items: list[ClaimedItem], gone: Callable[[], bool]
+    ) -> Claim:
+        """The claim's answer; what a worker that hung up meanwhile got goes back."""
+        if gone():
+            await self.release(lease, [i.id for i in items])
+            return Claim(lease, [])
+        metrics.observe_claim(items[0].model, len(items))
+        return Claim(lease, items)
 
     async def _wait_for_work(
         self,
@@ -412,9 +418,7 @@ class Queue:
             if fut.cancelled() or not fut.result():
                 return
             ids = [i.id for i in fut.result()]
-            task = asyncio.create_task(self._release_logged(lease, ids), name="release-orphaned")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._release_logged(lease, ids), "release-orphaned")
 
         return release
 

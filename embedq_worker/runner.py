@@ -85,8 +85,7 @@ class Runner:
         self._pipelines: dict[str, Pipeline] = {}  # per model: its calls in flight, its costs
         self._round_trips = RoundTrips()
         self._backlog = False  # the last claim came back full: more is waiting
-        self._claims: set[asyncio.Task[None]] = set()
-        self._claiming = 0  # claims in flight
+        self._claims: set[asyncio.Task[None]] = set()  # claims in flight
         self._claims_done = asyncio.Event()  # set while no claim is in flight
         self._claims_done.set()
         self._retry_at = 0.0  # after a failed claim: no new one before this
@@ -192,7 +191,6 @@ class Runner:
             if self._stop.is_set():
                 self._capacity.release()
                 return
-            self._claiming += 1
             self._claims_done.clear()
             claim = asyncio.create_task(self._claim_one(), name="claim")
             self._claims.add(claim)
@@ -209,8 +207,7 @@ class Runner:
 
     def _claim_ended(self, claim: asyncio.Task[None]) -> None:
         self._claims.discard(claim)
-        self._claiming -= 1
-        if not self._claiming:
+        if not self._claims:
             self._claims_done.set()
         if not claim.cancelled() and claim.exception() is not None:
             self._failure = claim.exception()
@@ -239,7 +236,7 @@ class Runner:
             self._backlog = False
             self._capacity.release()
             self.stats.empty_claims += 1
-            if self.settings.burst and not self._held and self._claiming == 1:
+            if self.settings.burst and not self._held and len(self._claims) == 1:  # only this
                 log.info("queue empty: burst mode done")
                 self._stop.set()
             return

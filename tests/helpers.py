@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -49,3 +50,13 @@ async def claim(
     assert resp.status == 200, await resp.text()
     data: dict[str, Any] = await resp.json()
     return data
+
+
+async def wait_until(predicate: Any, timeout: float = 30.0, poll: float = 0.02) -> None:
+    """Wait for `predicate()` (async) to hold; the timeout only stops a test whose code
+    broke, it is never what a test measures."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(poll)

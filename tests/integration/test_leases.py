@@ -13,7 +13,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from embedq_server.keys import POOL, QUEUE
-from tests.helpers import CLIENT, WORKER, claim
+from tests.helpers import CLIENT, WORKER, claim, wait_until
 
 
 def vec(x: float) -> str:
@@ -38,14 +38,6 @@ async def task_status(client: TestClient, task_id: str) -> dict[str, Any]:
     resp = await client.get(f"/tasks/{task_id}", headers=CLIENT)
     result: dict[str, Any] = await resp.json()
     return result
-
-
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def item_rows(client: TestClient) -> list[asyncpg.Record]:

@@ -21,6 +21,7 @@ from embedq_worker.runner import Runner
 from embedq_worker.settings import BACKEND_DEPTH
 from tests.doubles.common import STATE, serve, stats
 from tests.doubles.ollama import create_ollama_app
+from tests.helpers import wait_until
 from tests.integration.test_runner import assert_vectors, run_burst, submit, task
 
 FIXED_MS = 50.0  # each call holds the double's gate this long, as a GPU's per-call cost
@@ -34,15 +35,6 @@ async def slow_ollama() -> AsyncIterator[tuple[str, web.Application]]:
     app = create_ollama_app(context_chars=50, fixed_ms=FIXED_MS)
     async with serve(app) as url:
         yield url, app
-
-
-async def wait_until(predicate: Any, timeout: float = 30.0) -> None:
-    """Wait for `predicate()` (async); the timeout only stops a test whose worker broke."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def run_with_gate_held(

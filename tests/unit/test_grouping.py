@@ -322,11 +322,11 @@ async def test_a_cancelled_lone_caller_with_a_failing_run_makes_no_noise(
     assert await guarded(grouped(2)) == (2, 1)
 
 
-async def test_a_call_made_as_the_run_returns_is_answered() -> None:
-    """The call arrives in the loop turn right after the last run returned, before the
-    finished flusher's own completion is processed: it must start a run of its own."""
-    run = Run(hold=False)
-    grouped: Grouped[int, tuple[int, int]] = Grouped(run, "t")
+def call_as_the_first_run_ends(
+    run: Run, grouped: Grouped[int, tuple[int, int]]
+) -> list[asyncio.Task[tuple[int, int]]]:
+    """Make `grouped(2)` as the run for [1] ends, before its flusher is done; the call's
+    task lands in the list returned."""
     spawned: list[asyncio.Task[tuple[int, int]]] = []
 
     def call_once(items: list[int]) -> None:
@@ -334,6 +334,15 @@ async def test_a_call_made_as_the_run_returns_is_answered() -> None:
             spawned.append(asyncio.create_task(grouped(2)))
 
     run.on_return = call_once
+    return spawned
+
+
+async def test_a_call_made_as_the_run_returns_is_answered() -> None:
+    """The call arrives in the loop turn right after the last run returned, before the
+    finished flusher's own completion is processed: it must start a run of its own."""
+    run = Run(hold=False)
+    grouped: Grouped[int, tuple[int, int]] = Grouped(run, "t")
+    spawned = call_as_the_first_run_ends(run, grouped)
     assert await guarded(grouped(1)) == (1, 0)
     assert len(spawned) == 1
     assert await guarded(spawned[0]) == (2, 1)
@@ -344,13 +353,7 @@ async def test_a_call_made_as_a_failing_run_ends_is_answered() -> None:
     run = Run(hold=False)
     run.fail_when = 1
     grouped: Grouped[int, tuple[int, int]] = Grouped(run, "t")
-    spawned: list[asyncio.Task[tuple[int, int]]] = []
-
-    def call_once(items: list[int]) -> None:
-        if items == [1]:
-            spawned.append(asyncio.create_task(grouped(2)))
-
-    run.on_return = call_once
+    spawned = call_as_the_first_run_ends(run, grouped)
     with pytest.raises(Boom):
         await guarded(grouped(1))
     assert await guarded(spawned[0]) == (2, 1)
