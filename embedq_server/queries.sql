@@ -81,7 +81,8 @@ SELECT r.id AS req_id, coalesce(e.id, r.id) AS id, e.id IS NOT NULL AS attached,
             WHERE it.task_id = r.id AND it.lease_token IS NOT NULL) END AS leased_ids,
        CASE WHEN r.lease IS NOT NULL THEN
            (SELECT array_agg(it.idx ORDER BY it.idx) FROM items it
-            WHERE it.task_id = r.id AND it.lease_token IS NOT NULL) END AS leased_idx
+            WHERE it.task_id = r.id AND it.lease_token IS NOT NULL) END AS leased_idx,
+       now() AS created_at
 FROM req r
 JOIN counted c ON c.id = r.id
 LEFT JOIN existing e ON e.req_id = r.id;

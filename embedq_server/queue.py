@@ -14,12 +14,14 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from . import metrics
 from .grouping import Grouped
+from .handed import HandedTasks
 from .listener import Listener
 from .outage import DATABASE_DOWN, TaskUnreachable
 from .records import (
@@ -88,6 +90,7 @@ class Queue:
         self._work_trailing: set[str] = set()  # models with a trailing announcement due
         self._background: set[asyncio.Task[None]] = set()
         self._offers: list[_Offer] = []  # claims waiting here, in arrival order
+        self._handed = HandedTasks(settings.lease_seconds)  # tasks given whole to an offer
         self._submits = Grouped(
             self._submit_group,
             "submit-tasks",
@@ -169,6 +172,13 @@ class Queue:
                 )
                 for item_id, idx in zip(row["leased_ids"], row["leased_idx"], strict=True)
             ]
+            if len(row["leased_ids"]) == len(sub.inputs):
+                self._handed.add(
+                    str(match.lease),
+                    _stored(sub, row["created_at"]),
+                    row["leased_ids"],
+                    row["leased_idx"],
+                )
         for offer, items in given.items():
             offer.items.set_result(sorted(items, key=lambda i: i.id))
         return [by_request[s.task_id] for s in group]
@@ -467,6 +477,12 @@ class Queue:
         lease_id = uuid.UUID(lease)
         done: list[int] = []
         failed: list[int] = []
+        # Tasks handed whole to this lease are answered now, from the vectors in hand;
+        # the statement below stores them meanwhile.
+        early = self._handed.finished(lease, results)
+        if early:
+            self.listener.announce_done(list(early), early)
+            await asyncio.sleep(0)  # let them answer before this statement takes the loop
         async with self.pool.acquire() as conn:
             if results:
                 row = await conn.fetchrow(
@@ -514,6 +530,7 @@ class Queue:
             self._revisions[model] = revision
 
     async def release(self, lease: str, ids: Sequence[int]) -> list[int]:
+        self._handed.forget(lease)
         row = await self.pool.fetchrow(QUERIES["release_items"], uuid.UUID(lease), list(ids))
         metrics.count_outcome("*", "released", len(row["ids"]))
         return list(row["ids"])
@@ -568,6 +585,24 @@ class Queue:
                 stats["pruned"],
             )
         return stats
+
+
+def _stored(sub: _Submission, created_at: datetime) -> Task:
+    """A submitted task as just stored: nothing computed yet."""
+    n = len(sub.inputs)
+    return Task(
+        str(sub.task_id),
+        sub.owner,
+        sub.model,
+        sub.dimensions,
+        n,
+        n,
+        0,
+        None,
+        None,
+        created_at,
+        None,
+    )
 
 
 def _refused_value(exc: Exception) -> bool:

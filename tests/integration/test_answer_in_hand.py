@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+from dataclasses import replace
 from typing import Any
 
-from embedq_server.keys import QUEUE
-from tests.helpers import CLIENT, WORKER, claim
+from embedq_server.keys import POOL, QUEUE
+from embedq_server.records import Claim, Failure, WorkerInfo
+from tests.helpers import CLIENT, WORKER, claim, wait_until
 
 
 def vec(*values: float) -> str:
@@ -99,3 +101,73 @@ async def test_the_http_answer_from_hand_matches_the_stored_vectors(app_client):
     task_id = (await request).headers["X-Embedq-Task"]
     again = await client.get(f"/tasks/{task_id}/result", headers=CLIENT)
     assert [d["embedding"] for d in (await again.json())["data"]] == [[0.5, -1.0], [0.25, -1.0]]
+
+
+# -- tasks handed whole to a waiting claim: answered before the completion statement -------
+
+HANDED = WorkerInfo(name="w-handed", models=("m",))
+GUARD = 10.0  # seconds: a broken path fails here instead of hanging the suite
+
+
+async def handed_request(queue: Any, texts: list[str]) -> tuple[asyncio.Task[Any], Claim]:
+    """A claim waiting in the queue, then a request it is handed whole."""
+    claim_task = asyncio.create_task(queue.claim(HANDED, ["m"], 8, wait=15))
+    await wait_until(lambda: _true(bool(queue._offers)), timeout=GUARD)
+    waiting = asyncio.create_task(queue.submit_and_wait("owner-1", "m", 0, texts, timeout=15))
+    claimed: Claim = await asyncio.wait_for(claim_task, GUARD)
+    assert sorted(i.input for i in claimed.items) == sorted(texts)
+    return waiting, claimed
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_task_handed_whole_is_answered_before_its_results_are_stored(app_client):
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = client.server.app[QUEUE], client.server.app[POOL]
+    waiting, claimed = await handed_request(queue, ["alpha", "beta"])
+    value = {"alpha": 1.0, "beta": 2.0}
+    results = [(i.id, struct.pack("<2f", value[i.input], -1.0), 4) for i in claimed.items]
+    async with pool.acquire() as locker, locker.transaction():
+        # Hold the inputs' rows: the completion statement blocks on them.
+        await locker.execute(
+            "SELECT 1 FROM embedq_item WHERE id = ANY($1) FOR UPDATE",
+            [i.id for i in claimed.items],
+        )
+        completing = asyncio.create_task(queue.complete(claimed.lease, results))
+        answered = await asyncio.wait_for(waiting, GUARD)
+        assert not completing.done()  # the answer did not wait for the statement
+        assert answered.status == "completed"
+        assert [struct.unpack("<2f", r.vector)[0] for r in answered.results] == [1.0, 2.0]
+        assert [r.tokens for r in answered.results] == [4, 4]
+    done, _ = await asyncio.wait_for(completing, GUARD)
+    assert sorted(done) == sorted(i.id for i in claimed.items)  # and it was stored
+    stored = await queue.read(answered.id)
+    assert replace(answered, finished_at=stored.finished_at) == stored
+
+
+async def test_a_handed_task_with_a_failed_input_is_answered_from_the_database(app_client):
+    client = await app_client(backstop_interval=20.0)
+    queue = client.server.app[QUEUE]
+    waiting, claimed = await handed_request(queue, ["fine", "broken"])
+    fine = next(i for i in claimed.items if i.input == "fine")
+    broken = next(i for i in claimed.items if i.input == "broken")
+    failure = Failure(broken.id, "too long", "input_rejected", retry=False)
+    await queue.complete(claimed.lease, [(fine.id, struct.pack("<2f", 1.0, 0.0), 1)], [failure])
+    answered = await asyncio.wait_for(waiting, GUARD)
+    assert answered.status == "failed"
+    assert answered.error_code == "input_rejected"
+
+
+async def test_results_posted_after_the_lease_was_handed_back_answer_nobody(app_client):
+    client = await app_client(backstop_interval=20.0)
+    queue = client.server.app[QUEUE]
+    waiting, claimed = await handed_request(queue, ["gamma"])
+    released = await queue.release(claimed.lease, [i.id for i in claimed.items])
+    assert released == [claimed.items[0].id]
+    done, _ = await queue.complete(claimed.lease, [(claimed.items[0].id, b"\0\0\x80?", 1)])
+    assert done == []  # refused: the lease no longer holds it
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # still waiting for a worker to compute it
+    waiting.cancel()
