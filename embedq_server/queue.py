@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -34,6 +33,7 @@ from .records import (
     fingerprint,
     finished_whole,
     task_with_results,
+    untouched_task,
 )
 from .settings import MAINTENANCE_BATCH, Settings
 from .sql import QUERIES
@@ -90,7 +90,7 @@ class Queue:
         self._work_trailing: set[str] = set()  # models with a trailing announcement due
         self._background: set[asyncio.Task[None]] = set()
         self._offers: list[_Offer] = []  # claims waiting here, in arrival order
-        self._handed = HandedTasks(settings.lease_seconds)  # tasks given whole to an offer
+        self._handed = HandedTasks(settings.lease_seconds)  # tasks held whole by a lease
         self._submits = Grouped(
             self._submit_group,
             "submit-tasks",
@@ -173,12 +173,15 @@ class Queue:
                 for item_id, idx in zip(row["leased_ids"], row["leased_idx"], strict=True)
             ]
             if len(row["leased_ids"]) == len(sub.inputs):
-                self._handed.add(
-                    str(match.lease),
-                    _stored(sub, row["created_at"]),
-                    row["leased_ids"],
-                    row["leased_idx"],
+                task = untouched_task(
+                    str(sub.task_id),
+                    sub.owner,
+                    sub.model,
+                    sub.dimensions,
+                    len(sub.inputs),
+                    row["created_at"],
                 )
+                self._handed.add(str(match.lease), task, row["leased_ids"], row["leased_idx"])
         for offer, items in given.items():
             offer.items.set_result(sorted(items, key=lambda i: i.id))
         return [by_request[s.task_id] for s in group]
@@ -369,6 +372,7 @@ class Queue:
                 worker.name,
             )
             if rows:
+                self._hold_whole(str(lease), rows)
                 items = sorted((claimed_from_row(r) for r in rows), key=lambda i: i.id)
                 return await self._hand_over(str(lease), items, gone)
             left = deadline - loop.time()
@@ -379,6 +383,26 @@ class Queue:
             )
             if items:
                 return await self._hand_over(str(lease), items, gone)
+
+    def _hold_whole(self, lease: str, rows: list[asyncpg.Record]) -> None:
+        """Note the tasks a claim holds every input of: their waiters are answered as soon
+        as its results arrive."""
+        by_task: dict[uuid.UUID, list[asyncpg.Record]] = {}
+        for row in rows:
+            by_task.setdefault(row["task_id"], []).append(row)
+        for task_id, held in by_task.items():
+            first = held[0]
+            if len(held) != first["n_inputs"]:
+                continue
+            task = untouched_task(
+                str(task_id),
+                first["owner"],
+                first["model"],
+                first["dimensions"],
+                first["n_inputs"],
+                first["created_at"],
+            )
+            self._handed.add(lease, task, [r["id"] for r in held], [r["idx"] for r in held])
 
     async def _hand_over(
         self, lease: str, items: list[ClaimedItem], gone: Callable[[], bool]
@@ -585,24 +609,6 @@ class Queue:
                 stats["pruned"],
             )
         return stats
-
-
-def _stored(sub: _Submission, created_at: datetime) -> Task:
-    """A submitted task as just stored: nothing computed yet."""
-    n = len(sub.inputs)
-    return Task(
-        str(sub.task_id),
-        sub.owner,
-        sub.model,
-        sub.dimensions,
-        n,
-        n,
-        0,
-        None,
-        None,
-        created_at,
-        None,
-    )
 
 
 def _refused_value(exc: Exception) -> bool:

@@ -135,6 +135,25 @@ def finished_whole(
     return finished
 
 
+def untouched_task(
+    task_id: str, owner: str, model: str, dimensions: int, n_inputs: int, created_at: datetime
+) -> Task:
+    """A task as stored before any of its inputs ended."""
+    return Task(
+        id=task_id,
+        owner=owner,
+        model=model,
+        dimensions=dimensions,
+        n_inputs=n_inputs,
+        remaining=n_inputs,
+        failed=0,
+        error=None,
+        error_code=None,
+        created_at=created_at,
+        finished_at=None,
+    )
+
+
 def task_with_results(row: asyncpg.Record) -> Task:
     results = None
     if row["vectors"] is not None:
