@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .records import ItemResult, Task
@@ -60,8 +60,20 @@ class HandedTasks:
                 (ItemResult(idx, *posted[item_id]) for item_id, idx in handed.items.items()),
                 key=lambda r: r.index,
             )
-            finished[handed.task.id] = replace(
-                handed.task, remaining=0, finished_at=now, results=tuple(slots)
+            stored = handed.task
+            finished[stored.id] = Task(
+                id=stored.id,
+                owner=stored.owner,
+                model=stored.model,
+                dimensions=stored.dimensions,
+                n_inputs=stored.n_inputs,
+                remaining=0,
+                failed=0,
+                error=None,
+                error_code=None,
+                created_at=stored.created_at,
+                finished_at=now,
+                results=tuple(slots),
             )
         return finished
 

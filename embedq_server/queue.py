@@ -523,7 +523,7 @@ class Queue:
                     # Committed: wake this process's waiters now (with the tasks this batch
                     # finished whole in hand); the NOTIFY tells the other processes.
                     woken = [str(t) for t in row["task_ids"]]
-                    self.listener.announce_done(woken, finished_whole(row, results))
+                    self.listener.announce_done(woken, finished_whole(row, results, early))
                     await self._note_revision(conn, row["model"], model_revision)
                     metrics.observe_completed(
                         row["model"], row["queue_waits"], row["computes"], row["totals"]

@@ -4,7 +4,7 @@ plain frozen dataclasses, and how they are built from the rows PostgreSQL return
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -93,11 +93,14 @@ def fingerprint(owner: str, model: str, dimensions: int, inputs: Sequence[str]) 
 
 
 def finished_whole(
-    row: asyncpg.Record, results: Sequence[tuple[int, bytes, int]]
+    row: asyncpg.Record,
+    results: Sequence[tuple[int, bytes, int]],
+    answered: Container[str] = (),
 ) -> dict[str, Task]:
     """The tasks a completion finished all at once, with the vectors just posted: their
-    waiters in this process are answered from these, without reading them back."""
-    if not row["whole_ids"]:
+    waiters in this process are answered from these, without reading them back. Tasks in
+    `answered` (already answered from the same vectors) are left out."""
+    if not row["whole_ids"] or all(str(t) in answered for t in row["whole_ids"]):
         return {}
     posted = {item_id: (vector, tokens) for item_id, vector, tokens in results}
     slots: dict[str, list[ItemResult]] = {str(t): [] for t in row["whole_ids"]}
