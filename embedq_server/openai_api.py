@@ -238,25 +238,25 @@ async def read_json(request: web.Request) -> Any:
                 f"not {mime!r}",
                 code="unsupported_media_type",
             )
-    raw = await request.read()
+    return parse_json(await request.read())
+
+
+def parse_json(raw: bytes, what: str = "the request body") -> Any:
+    """`raw` as JSON (RFC 8259: UTF-8, finite numbers), or a 400 naming what is wrong."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ApiError(
-            400, f"the request body is not valid UTF-8 (byte {exc.start})", param=None
-        ) from None
+        raise ApiError(400, f"{what} is not valid UTF-8 (byte {exc.start})", param=None) from None
     try:
         return json.loads(text, parse_constant=_not_json_number, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
-        raise ApiError(
-            400, f"the request body is not valid JSON: {exc.msg} at character {exc.pos}"
-        ) from None
+        raise ApiError(400, f"{what} is not valid JSON: {exc.msg} at character {exc.pos}") from None
     except RecursionError:
-        raise ApiError(400, "the request body is not valid JSON: nested too deeply") from None
+        raise ApiError(400, f"{what} is not valid JSON: nested too deeply") from None
     except _BadNumber as exc:  # NaN, Infinity, 1e999
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        raise ApiError(400, f"{what} is not valid JSON: {exc}") from None
     except ValueError:  # Python refuses to convert integers of over 4,300 digits
-        raise ApiError(400, "the request body is not valid JSON: a number is too long") from None
+        raise ApiError(400, f"{what} is not valid JSON: a number is too long") from None
 
 
 def embeddings_body(task: Task, rows: Sequence[Any], encoding_format: str) -> dict[str, Any]:

@@ -581,6 +581,13 @@ def _paths(settings: Settings) -> Schema:
             "post": {
                 "operationId": "complete",
                 "summary": "Post a batch's vectors and per-input failures",
+                "description": (
+                    "JSON as below, or (what embedq-worker sends) `Content-Type: "
+                    "application/x-embedq-results`: the same object on one line, each "
+                    "result giving its vector's length in `bytes` instead of an "
+                    "`embedding`, then a newline, then the vectors' little-endian float32 "
+                    "bytes back to back in the results' order (no base64)."
+                ),
                 "security": worker,
                 "requestBody": body("CompleteRequest"),
                 "responses": _responses(

@@ -12,9 +12,10 @@ from aiohttp import web
 from .auth import require
 from .errors import ApiError
 from .keys import QUEUE, SETTINGS, WORKER_TOKENS
-from .openai_api import as_int, check_text, json_type, read_json
+from .openai_api import as_int, check_text, json_type, parse_json, read_json
 from .records import Failure, WorkerInfo
 
+RESULTS_TYPE = "application/x-embedq-results"  # see _binary_body; JSON is accepted too
 FAILURE_CODES = frozenset(
     {"input_rejected", "model_not_found", "backend_error", "dimensions_unsupported"}
 )
@@ -68,9 +69,13 @@ def _storable(text: str) -> str:
 
 async def _body(request: web.Request) -> tuple[dict[str, Any], WorkerInfo]:
     require(request, request.app[WORKER_TOKENS], "worker")
-    body = await read_json(request)
+    return _identified(await read_json(request))
+
+
+def _identified(body: Any, what: str = "the request body") -> tuple[dict[str, Any], WorkerInfo]:
+    """The body as an object, and the worker it names."""
     if not isinstance(body, dict):
-        raise ApiError(400, f"the request body must be a JSON object, not {json_type(body)}")
+        raise ApiError(400, f"{what} must be a JSON object, not {json_type(body)}")
     name = _field(body, "worker", str)
     if not name.strip():
         raise ApiError(400, "worker must name the worker", param="worker")
@@ -151,31 +156,78 @@ async def heartbeat(request: web.Request) -> web.Response:
     return web.json_response({"held": held, "lease_seconds": request.app[SETTINGS].lease_seconds})
 
 
+def _result_entry(entry: Any, holds: str) -> tuple[int, int]:
+    """A result's item id and token count; `holds` names what else it must carry."""
+    if not isinstance(entry, dict):
+        raise ApiError(400, "each result must be an object", param="results")
+    item_id = _id(entry.get("id"))
+    if item_id is None:
+        raise ApiError(400, f"each result needs an item id and {holds}", param="results")
+    raw_tokens = entry.get("tokens")
+    tokens = 0 if raw_tokens is None else as_int(raw_tokens)
+    if tokens is None:
+        raise ApiError(400, f"result {item_id}: tokens must be an integer", param="results")
+    if not 0 <= tokens <= MAX_TOKENS:
+        raise ApiError(400, f"result {item_id}: tokens is out of range", param="results")
+    return item_id, tokens
+
+
+def _float32(item_id: int, vector: bytes) -> bytes:
+    if not vector or len(vector) % 4:
+        raise ApiError(400, f"result {item_id}: not float32 bytes", param="results")
+    return vector
+
+
 def _results(body: dict[str, Any]) -> list[tuple[int, bytes, int]]:
+    """Results posted as JSON, each vector in base64."""
     out: list[tuple[int, bytes, int]] = []
     for entry in _field(body, "results", list, default=[]):
-        if not isinstance(entry, dict):
-            raise ApiError(400, "each result must be an object", param="results")
-        item_id, b64, raw_tokens = _id(entry.get("id")), entry.get("embedding"), entry.get("tokens")
-        if item_id is None or not isinstance(b64, str):
+        item_id, tokens = _result_entry(entry, "its embedding (base64)")
+        b64 = entry.get("embedding")
+        if not isinstance(b64, str):
             raise ApiError(
                 400, "each result needs an item id and its embedding (base64)", param="results"
             )
-        tokens = 0 if raw_tokens is None else as_int(raw_tokens)
-        if tokens is None:
-            raise ApiError(400, f"result {item_id}: tokens must be an integer", param="results")
-        if not 0 <= tokens <= MAX_TOKENS:
-            raise ApiError(400, f"result {item_id}: tokens is out of range", param="results")
         try:
             vector = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
             raise ApiError(
                 400, f"result {item_id}: embedding is not base64", param="results"
             ) from None
-        if not vector or len(vector) % 4:
-            raise ApiError(400, f"result {item_id}: not float32 bytes", param="results")
-        out.append((item_id, vector, tokens))
+        out.append((item_id, _float32(item_id, vector), tokens))
     return out
+
+
+async def _binary_body(
+    request: web.Request,
+) -> tuple[dict[str, Any], WorkerInfo, list[tuple[int, bytes, int]]]:
+    """A results body in RESULTS_TYPE: one line of JSON (the fields of the JSON body, each
+    result giving its vector's length in `bytes` instead of an `embedding`), a newline,
+    then the vectors' raw little-endian float32 bytes back to back, in the results' order.
+    No base64 on either side: a third fewer bytes from the GPU's uplink, and no encoding."""
+    require(request, request.app[WORKER_TOKENS], "worker")
+    raw = await request.read()
+    head, newline, vectors = raw.partition(b"\n")
+    if not newline:
+        raise ApiError(400, "a results body starts with one line of JSON and a newline")
+    body, info = _identified(parse_json(head, "the results header"), "the results header")
+    out: list[tuple[int, bytes, int]] = []
+    start = 0
+    for entry in _field(body, "results", list, default=[]):
+        item_id, tokens = _result_entry(entry, "the length of its vector (bytes)")
+        size = as_int(entry.get("bytes"))
+        if size is None or size < 0:
+            raise ApiError(400, f"result {item_id}: bytes must be a length", param="results")
+        vector = vectors[start : start + size]
+        if len(vector) < size:
+            raise ApiError(400, f"result {item_id}: the body ends inside its vector")
+        out.append((item_id, _float32(item_id, vector), tokens))
+        start += size
+    if start != len(vectors):
+        raise ApiError(
+            400, f"the body holds {len(vectors) - start} bytes after the last result's vector"
+        )
+    return body, info, out
 
 
 def _failures(body: dict[str, Any]) -> list[Failure]:
@@ -201,9 +253,13 @@ def _failures(body: dict[str, Any]) -> list[Failure]:
 async def complete(request: web.Request) -> web.Response:
     """Post a batch's results (and per-input failures) in one request. Results for inputs
     whose lease was lost are refused; if nothing was accepted the answer is 409."""
-    body, _info = await _body(request)
+    if request.content_type == RESULTS_TYPE:
+        body, _info, results = await _binary_body(request)
+    else:
+        body, _info = await _body(request)
+        results = _results(body)
     lease = _lease(body)
-    results, failures = _results(body), _failures(body)
+    failures = _failures(body)
     revision = _opt_str(body, "model_revision")
     done, failed = await request.app[QUEUE].complete(lease, results, failures, revision)
     refused = sorted({r[0] for r in results} - set(done) | {f.id for f in failures} - set(failed))

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from . import __version__
 
 log = logging.getLogger("embedq.worker.server")
+
+RESULTS_TYPE = "application/x-embedq-results"  # a JSON line, then raw float32 vectors
 
 
 class ServerError(Exception):
@@ -28,6 +31,10 @@ class LeaseLost(Exception):
 
 class Rejected(Exception):
     """The server refused the call for good (401, 400): retrying will not help."""
+
+
+class Unsupported(Rejected):
+    """The server does not take this kind of body (415)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,7 @@ class ServerClient:
             "host": platform.node(),
         }
         self._session: aiohttp.ClientSession | None = None
+        self._raw_results = True  # until a server says it does not take RESULTS_TYPE
 
     async def __aenter__(self) -> ServerClient:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
@@ -95,17 +103,25 @@ class ServerClient:
             await self._session.close()
 
     async def _post(self, path: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+        body = orjson.dumps({**self._identity, **payload})
+        return await self._send(path, body, "application/json", timeout)
+
+    async def _send(
+        self, path: str, body: bytes, content_type: str, timeout: float
+    ) -> dict[str, Any]:
         assert self._session is not None, "use ServerClient as an async context manager"
-        body = {**self._identity, **payload}
         try:
             async with self._session.post(
                 self.base_url + path,
-                json=body,
+                data=body,
+                headers={"Content-Type": content_type},
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 data: dict[str, Any] = await resp.json(content_type=None)
                 if resp.status == 409:
                     raise LeaseLost(_message(data))
+                if resp.status == 415:
+                    raise Unsupported(f"{path}: HTTP 415: {_message(data)}")
                 if resp.status >= 500 or resp.status == 429:
                     raise ServerError(f"{path}: HTTP {resp.status}: {_message(data)}")
                 if resp.status >= 400:
@@ -132,18 +148,29 @@ class ServerClient:
         failures: list[ItemFailure],
         model_revision: str | None,
     ) -> dict[str, Any]:
-        payload = {
+        """Post a batch's results: raw float32 after a JSON line (RESULTS_TYPE), or base64
+        in JSON for a server that does not take that (an older one answers 415)."""
+        head: dict[str, Any] = {
+            **self._identity,
             "lease": lease,
             "model_revision": model_revision,
-            "results": [
-                {"id": i, "embedding": base64.b64encode(v).decode("ascii"), "tokens": t}
-                for i, v, t in results
-            ],
             "failures": [
                 {"id": f.id, "error": f.error, "code": f.code, "retry": f.retry} for f in failures
             ],
         }
-        return await self._post("/worker/complete", payload, timeout=60)
+        if self._raw_results:
+            head["results"] = [{"id": i, "bytes": len(v), "tokens": t} for i, v, t in results]
+            body = b"".join([orjson.dumps(head), b"\n", *(v for _, v, _ in results)])
+            try:
+                return await self._send("/worker/complete", body, RESULTS_TYPE, timeout=60)
+            except Unsupported as exc:
+                log.warning("the server takes no raw results (%s): posting JSON from now", exc)
+                self._raw_results = False
+        head["results"] = [
+            {"id": i, "embedding": base64.b64encode(v).decode("ascii"), "tokens": t}
+            for i, v, t in results
+        ]
+        return await self._send("/worker/complete", orjson.dumps(head), "application/json", 60)
 
     async def release(self, lease: str, ids: list[int]) -> list[int]:
         data = await self._post("/worker/release", {"lease": lease, "ids": ids}, timeout=15)
