@@ -125,8 +125,7 @@ SELECT count(*) FROM embedq_item WHERE state = 'pending';
 -- claim_items --
 -- Lease up to $2 pending inputs of one (model, dimensions) among the worker's models, oldest
 -- first. The selection is fenced (MATERIALIZED) so the planner cannot re-run it and update
--- more rows than the limit; SKIP LOCKED lets concurrent claimers pass each other. Returns
--- each input's task too: a task held whole by the claim is answered as its results arrive.
+-- more rows than the limit; SKIP LOCKED lets concurrent claimers pass each other.
 WITH head AS MATERIALIZED (
     SELECT id, model, dimensions
     FROM embedq_item
@@ -150,10 +149,9 @@ SET state = 'processing',
     attempts = i.attempts + 1,
     worker = $5,
     claimed_at = now()
-FROM picked, embedq_task t
-WHERE i.id = picked.id AND t.id = i.task_id
-RETURNING i.id, i.task_id, i.input, i.model, i.dimensions, i.attempts, i.idx,
-          t.owner, t.n_inputs, t.created_at;
+FROM picked
+WHERE i.id = picked.id
+RETURNING i.id, i.task_id, i.input, i.model, i.dimensions, i.attempts;
 
 -- extend_lease --
 -- A heartbeat: push back the expiry of every input still held under this lease.

@@ -90,7 +90,7 @@ class Queue:
         self._work_trailing: set[str] = set()  # models with a trailing announcement due
         self._background: set[asyncio.Task[None]] = set()
         self._offers: list[_Offer] = []  # claims waiting here, in arrival order
-        self._handed = HandedTasks(settings.lease_seconds)  # tasks held whole by a lease
+        self._handed = HandedTasks(settings.lease_seconds)  # tasks handed whole to an offer
         self._submits = Grouped(
             self._submit_group,
             "submit-tasks",
@@ -372,7 +372,6 @@ class Queue:
                 worker.name,
             )
             if rows:
-                self._hold_whole(str(lease), rows)
                 items = sorted((claimed_from_row(r) for r in rows), key=lambda i: i.id)
                 return await self._hand_over(str(lease), items, gone)
             left = deadline - loop.time()
@@ -383,26 +382,6 @@ class Queue:
             )
             if items:
                 return await self._hand_over(str(lease), items, gone)
-
-    def _hold_whole(self, lease: str, rows: list[asyncpg.Record]) -> None:
-        """Note the tasks a claim holds every input of: their waiters are answered as soon
-        as its results arrive."""
-        by_task: dict[uuid.UUID, list[asyncpg.Record]] = {}
-        for row in rows:
-            by_task.setdefault(row["task_id"], []).append(row)
-        for task_id, held in by_task.items():
-            first = held[0]
-            if len(held) != first["n_inputs"]:
-                continue
-            task = untouched_task(
-                str(task_id),
-                first["owner"],
-                first["model"],
-                first["dimensions"],
-                first["n_inputs"],
-                first["created_at"],
-            )
-            self._handed.add(lease, task, [r["id"] for r in held], [r["idx"] for r in held])
 
     async def _hand_over(
         self, lease: str, items: list[ClaimedItem], gone: Callable[[], bool]

@@ -12,8 +12,6 @@ import struct
 from dataclasses import replace
 from typing import Any
 
-import pytest
-
 from embedq_server.keys import POOL, QUEUE
 from embedq_server.records import Claim, Failure, WorkerInfo
 from tests.helpers import CLIENT, WORKER, claim, wait_until
@@ -116,18 +114,11 @@ HANDED = WorkerInfo(name="w-handed", models=("m",))
 GUARD = 10.0  # seconds: a broken path fails here instead of hanging the suite
 
 
-async def handed_request(
-    queue: Any, texts: list[str], route: str = "handed"
-) -> tuple[asyncio.Task[Any], Claim]:
-    """A request one lease holds whole: handed to a claim that was waiting when it came,
-    or (route "claimed") taken by the claim statement once it is pending."""
-    if route == "handed":
-        claim_task = asyncio.create_task(queue.claim(HANDED, ["m"], 8, wait=15))
-        await wait_until(lambda: _true(bool(queue._offers)), timeout=GUARD)
+async def handed_request(queue: Any, texts: list[str]) -> tuple[asyncio.Task[Any], Claim]:
+    """A claim waiting in the queue, then a request it is handed whole."""
+    claim_task = asyncio.create_task(queue.claim(HANDED, ["m"], 8, wait=15))
+    await wait_until(lambda: _true(bool(queue._offers)), timeout=GUARD)
     waiting = asyncio.create_task(queue.submit_and_wait("owner-1", "m", 0, texts, timeout=15))
-    if route == "claimed":
-        await wait_until(lambda: _true(queue._pending_count == len(texts)), timeout=GUARD)
-        claim_task = asyncio.create_task(queue.claim(HANDED, ["m"], 8, wait=15))
     claimed: Claim = await asyncio.wait_for(claim_task, GUARD)
     assert sorted(i.input for i in claimed.items) == sorted(texts)
     assert queue._handed._by_lease.keys() == {claimed.lease}
@@ -138,11 +129,10 @@ async def _true(value: bool) -> bool:
     return value
 
 
-@pytest.mark.parametrize("route", ["handed", "claimed"])
-async def test_a_task_held_whole_is_answered_before_its_results_are_stored(app_client, route):
+async def test_a_task_handed_whole_is_answered_before_its_results_are_stored(app_client):
     client = await app_client(backstop_interval=20.0)
     queue, pool = client.server.app[QUEUE], client.server.app[POOL]
-    waiting, claimed = await handed_request(queue, ["alpha", "beta"], route)
+    waiting, claimed = await handed_request(queue, ["alpha", "beta"])
     value = {"alpha": 1.0, "beta": 2.0}
     results = [(i.id, struct.pack("<2f", value[i.input], -1.0), 4) for i in claimed.items]
     async with pool.acquire() as locker, locker.transaction():
@@ -163,21 +153,19 @@ async def test_a_task_held_whole_is_answered_before_its_results_are_stored(app_c
     assert replace(answered, finished_at=stored.finished_at) == stored
 
 
-async def test_a_task_split_over_two_claims_is_not_held_whole(app_client):
+async def test_a_task_the_claim_statement_took_is_answered_after_it_is_stored(app_client):
+    """Only handed tasks are answered early (see embedq_server/handed.py)."""
     client = await app_client(backstop_interval=20.0)
     queue = client.server.app[QUEUE]
-    waiting = asyncio.create_task(queue.submit_and_wait("owner-1", "m", 0, ["a", "b"], 15))
-    await wait_until(lambda: _true(queue._pending_count == 2), timeout=GUARD)
-    first = await queue.claim(HANDED, ["m"], 1, wait=5)
-    assert len(first.items) == 1
-    assert len(queue._handed) == 0  # it holds half the task: nothing to answer from
-    await queue.complete(first.lease, [(first.items[0].id, b"\0\0\x80?", 1)])
-    await asyncio.sleep(0.1)
-    assert not waiting.done()
-    second = await queue.claim(HANDED, ["m"], 1, wait=5)
-    await queue.complete(second.lease, [(second.items[0].id, b"\0\0\x80?", 1)])
+    waiting = asyncio.create_task(queue.submit_and_wait("owner-1", "m", 0, ["a"], 15))
+    await wait_until(lambda: _true(queue._pending_count == 1), timeout=GUARD)
+    claimed = await queue.claim(HANDED, ["m"], 8, wait=5)
+    assert len(claimed.items) == 1 and len(queue._handed) == 0
+    done, _ = await queue.complete(claimed.lease, [(claimed.items[0].id, b"\0\0\x80?", 1)])
+    assert done == [claimed.items[0].id]
     answered = await asyncio.wait_for(waiting, GUARD)
-    assert answered.status == "completed" and len(answered.results) == 2
+    assert answered.status == "completed"
+    assert answered.finished_at == (await queue.read(answered.id)).finished_at  # the stored one
 
 
 async def test_a_handed_task_with_a_failed_input_is_answered_from_the_database(app_client):
