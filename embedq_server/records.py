@@ -103,7 +103,9 @@ def finished_whole(
     if not row["whole_ids"] or all(str(t) in answered for t in row["whole_ids"]):
         return {}
     posted = {item_id: (vector, tokens) for item_id, vector, tokens in results}
-    slots: dict[str, list[ItemResult]] = {str(t): [] for t in row["whole_ids"]}
+    slots: dict[str, list[ItemResult]] = {
+        str(t): [] for t in row["whole_ids"] if str(t) not in answered
+    }
     for item_id, task_id, idx in zip(row["ids"], row["item_tasks"], row["idxs"], strict=True):
         slot = slots.get(str(task_id))
         if slot is not None:
@@ -120,6 +122,8 @@ def finished_whole(
         strict=True,
     )
     for task_id, owner, model, dimensions, n_inputs, created_at in columns:
+        if str(task_id) not in slots:
+            continue
         items = sorted(slots[str(task_id)], key=lambda r: r.index)
         finished[str(task_id)] = Task(
             id=str(task_id),
