@@ -6,6 +6,7 @@ Only outgoing requests, so a worker behind NAT needs no open port.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import platform
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ class ServerClient:
             await self._session.close()
 
     async def _post(self, path: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-        body = orjson.dumps({**self._identity, **payload})
+        body = _json({**self._identity, **payload})
         return await self._send(path, body, "application/json", timeout)
 
     async def _send(
@@ -160,7 +161,7 @@ class ServerClient:
         }
         if self._raw_results:
             head["results"] = [{"id": i, "bytes": len(v), "tokens": t} for i, v, t in results]
-            body = b"".join([orjson.dumps(head), b"\n", *(v for _, v, _ in results)])
+            body = b"".join([_json(head), b"\n", *(v for _, v, _ in results)])
             try:
                 return await self._send("/worker/complete", body, RESULTS_TYPE, timeout=60)
             except Unsupported as exc:
@@ -170,11 +171,20 @@ class ServerClient:
             {"id": i, "embedding": base64.b64encode(v).decode("ascii"), "tokens": t}
             for i, v, t in results
         ]
-        return await self._send("/worker/complete", orjson.dumps(head), "application/json", 60)
+        return await self._send("/worker/complete", _json(head), "application/json", 60)
 
     async def release(self, lease: str, ids: list[int]) -> list[int]:
         data = await self._post("/worker/release", {"lease": lease, "ids": ids}, timeout=15)
         return list(data["released"])
+
+
+def _json(value: Any) -> bytes:
+    """JSON bytes; a backend's error text with a lone surrogate (which orjson refuses) is
+    escaped by the standard library instead of costing the batch its results."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value).encode("ascii")
 
 
 def _message(data: Any) -> str:

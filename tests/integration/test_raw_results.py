@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from embedq_server.keys import QUEUE
-from embedq_worker.server_client import RESULTS_TYPE, ServerClient
+from embedq_worker.server_client import RESULTS_TYPE, ItemFailure, ServerClient
 from tests.conftest import free_port
 from tests.helpers import WORKER, WORKER_TOKEN, claim
 
@@ -143,3 +143,22 @@ async def test_the_worker_client_falls_back_to_json_for_a_server_without_raw_res
     assert first == {"completed": [7]} and second == {"completed": [8]}
     # Raw first; after the 415, JSON, and JSON straight away from then on.
     assert seen == [RESULTS_TYPE, "application/json", "application/json"]
+
+
+async def test_a_backend_error_with_a_lone_surrogate_still_posts(app_client):
+    """orjson refuses lone surrogates; such a message must not cost the batch its post."""
+    client = await app_client()
+    queue = client.server.app[QUEUE]
+    task_id, _, _ = await queue.submit("owner-1", "m", 0, ["x", "y"])
+    async with ServerClient(
+        str(client.make_url("")), WORKER_TOKEN, name="w1", models=["m"], backend="test"
+    ) as server:
+        batch = await server.claim(8, 0)
+        first, second = batch.items
+        failure = ItemFailure(second.id, "backend said \ud800 oops", "backend_error", False)
+        vector = struct.pack("<2f", 0.5, 0.25)
+        answer = await server.complete(batch.lease, [(first.id, vector, 1)], [failure], None)
+    assert answer["completed"] == [first.id] and answer["failed"] == [second.id]
+    task = await queue.read(task_id)
+    assert task is not None and task.status == "failed"
+    assert "backend said" in (task.error or "") and "oops" in (task.error or "")
