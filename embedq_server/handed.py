@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .records import ItemResult, Task
+from .records import ItemResult, Task, completed_task
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,21 +63,7 @@ class HandedTasks:
                 (ItemResult(idx, *posted[item_id]) for item_id, idx in handed.items.items()),
                 key=lambda r: r.index,
             )
-            stored = handed.task
-            finished[stored.id] = Task(
-                id=stored.id,
-                owner=stored.owner,
-                model=stored.model,
-                dimensions=stored.dimensions,
-                n_inputs=stored.n_inputs,
-                remaining=0,
-                failed=0,
-                error=None,
-                error_code=None,
-                created_at=stored.created_at,
-                finished_at=now,
-                results=tuple(slots),
-            )
+            finished[handed.task.id] = completed_task(handed.task, tuple(slots), now)
         return finished
 
     def _prune(self, now: float) -> None:

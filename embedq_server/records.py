@@ -125,20 +125,8 @@ def finished_whole(
         if str(task_id) not in slots:
             continue
         items = sorted(slots[str(task_id)], key=lambda r: r.index)
-        finished[str(task_id)] = Task(
-            id=str(task_id),
-            owner=owner,
-            model=model,
-            dimensions=dimensions,
-            n_inputs=n_inputs,
-            remaining=0,
-            failed=0,
-            error=None,
-            error_code=None,
-            created_at=created_at,
-            finished_at=row["finished_at"],
-            results=tuple(items),
-        )
+        stored = untouched_task(str(task_id), owner, model, dimensions, n_inputs, created_at)
+        finished[str(task_id)] = completed_task(stored, tuple(items), row["finished_at"])
     return finished
 
 
@@ -158,6 +146,26 @@ def untouched_task(
         error_code=None,
         created_at=created_at,
         finished_at=None,
+    )
+
+
+def completed_task(
+    task: Task, results: tuple[ItemResult, ...], finished_at: datetime | None
+) -> Task:
+    """`task` (as stored, nothing failed) with every input completed."""
+    return Task(
+        id=task.id,
+        owner=task.owner,
+        model=task.model,
+        dimensions=task.dimensions,
+        n_inputs=task.n_inputs,
+        remaining=0,
+        failed=0,
+        error=None,
+        error_code=None,
+        created_at=task.created_at,
+        finished_at=finished_at,
+        results=results,
     )
 
 

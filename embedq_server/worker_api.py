@@ -9,13 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
+from embedq_common.protocol import RESULTS_TYPE
+
 from .auth import require
 from .errors import ApiError
 from .keys import QUEUE, SETTINGS, WORKER_TOKENS
 from .openai_api import as_int, check_text, json_type, parse_json, read_json
 from .records import Failure, WorkerInfo
 
-RESULTS_TYPE = "application/x-embedq-results"  # see _binary_body; JSON is accepted too
 FAILURE_CODES = frozenset(
     {"input_rejected", "model_not_found", "backend_error", "dimensions_unsupported"}
 )
@@ -201,10 +202,8 @@ def _results(body: dict[str, Any]) -> list[tuple[int, bytes, int]]:
 async def _binary_body(
     request: web.Request,
 ) -> tuple[dict[str, Any], WorkerInfo, list[tuple[int, bytes, int]]]:
-    """A results body in RESULTS_TYPE: one line of JSON (the fields of the JSON body, each
-    result giving its vector's length in `bytes` instead of an `embedding`), a newline,
-    then the vectors' raw little-endian float32 bytes back to back, in the results' order.
-    No base64 on either side: a third fewer bytes from the GPU's uplink, and no encoding."""
+    """A results body in RESULTS_TYPE (layout in embedq_common.protocol). No base64 on
+    either side: a quarter fewer bytes on the GPU's uplink, and no encoding."""
     require(request, request.app[WORKER_TOKENS], "worker")
     raw = await request.read()
     head, newline, vectors = raw.partition(b"\n")

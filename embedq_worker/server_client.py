@@ -15,11 +15,11 @@ from typing import Any
 import aiohttp
 import orjson
 
+from embedq_common.protocol import RESULTS_TYPE
+
 from . import __version__
 
 log = logging.getLogger("embedq.worker.server")
-
-RESULTS_TYPE = "application/x-embedq-results"  # a JSON line, then raw float32 vectors
 
 
 class ServerError(Exception):

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from embedq_common.protocol import RESULTS_TYPE
 from embedq_server.keys import QUEUE
-from embedq_worker.server_client import RESULTS_TYPE, ItemFailure, ServerClient
+from embedq_worker.server_client import ItemFailure, ServerClient
 from tests.conftest import free_port
 from tests.helpers import WORKER, WORKER_TOKEN, claim
 
