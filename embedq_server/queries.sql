@@ -321,14 +321,16 @@ FROM changed;
 -- prune_finished --
 -- Retention: delete up to $2 tasks (and their inputs and vectors) finished more than $1
 -- seconds ago. Small batches keep locks short.
-WITH old AS (
+-- The ids go in as an array (a primary-key lookup each): joined, the delete could be planned
+-- as a scan of the whole table while its statistics lag behind its growth.
+DELETE FROM embedq_task
+WHERE id = ANY (ARRAY(
     SELECT id FROM embedq_task
     WHERE finished_at < now() - make_interval(secs => $1)
     ORDER BY finished_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-)
-DELETE FROM embedq_task t USING old WHERE t.id = old.id;
+));
 
 -- set_model_revision --
 -- Record the revision a model is now computed with; cached vectors of other revisions stop
@@ -338,11 +340,15 @@ ON CONFLICT (model) DO UPDATE SET revision = excluded.revision, updated_at = now
 WHERE embedq_model.revision IS DISTINCT FROM excluded.revision;
 
 -- prune_cache --
--- Cache retention: delete up to $2 stored results older than $1 seconds.
+-- Cache retention: delete up to $2 stored results older than $1 seconds, oldest first.
+-- The ORDER BY keeps the plan on the created_at index: with the table's statistics behind
+-- its growth (a busy cache outgrows autovacuum's analyze), a bare LIMIT was planned as a
+-- sequential scan expected to stop early, and read (and dirtied) the whole table every pass.
 DELETE FROM embedq_cache
 WHERE ctid = ANY (ARRAY(
     SELECT ctid FROM embedq_cache
     WHERE created_at < now() - make_interval(secs => $1)
+    ORDER BY created_at
     LIMIT $2
 ));
 

@@ -1,0 +1,61 @@
+"""Maintenance statements keep to their indexes however stale the table's statistics are.
+
+asyncpg prepares each statement once per connection, and PostgreSQL plans it for the
+statistics of the moment. A busy queue outgrows autovacuum's analyze, and a retention
+statement planned as "a sequential scan that stops after LIMIT rows" then reads (and,
+setting hint bits, dirties) the whole table on every maintenance pass when no row is old
+enough: seconds of PostgreSQL work per pass on a table of gigabytes.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from embedq_server.sql import QUERIES
+
+ROWS = 5000  # enough that a full scan costs more than the index; never analyzed
+
+
+async def generic_plan(conn: asyncpg.Connection, name: str, types: str, args: str) -> str:
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    await conn.execute(f"PREPARE {name}{types} AS {QUERIES[name]}")
+    rows = await conn.fetch(f"EXPLAIN (COSTS OFF) EXECUTE {name}{args}")
+    return "\n".join(r[0] for r in rows)
+
+
+async def test_cache_retention_uses_its_index_without_statistics(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            """INSERT INTO embedq_cache (scope, model, dimensions, text_hash, vector, tokens)
+               SELECT '', 'm', 4, sha256(i::text::bytea), '\\x00000000'::bytea, 1
+               FROM generate_series(1, $1) i""",
+            ROWS,
+        )
+        plan = await generic_plan(conn, "prune_cache", "(float8, int)", "(86400, 1000)")
+        # The cutoff is a day back, so a sequential scan would read every row for nothing.
+        deleted = await conn.execute(QUERIES["prune_cache"], 86400.0, 1000)
+    finally:
+        await conn.close()
+    assert "embedq_cache_created_idx" in plan, plan
+    assert "Seq Scan on embedq_cache" not in plan, plan
+    assert deleted == "DELETE 0"
+
+
+async def test_result_retention_uses_its_index_without_statistics(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            """INSERT INTO embedq_task (id, owner, fingerprint, model, dimensions, n_inputs,
+                                        remaining, finished_at)
+               SELECT gen_random_uuid(), 'o', sha256(i::text::bytea), 'm', 0, 1, 0, now()
+               FROM generate_series(1, $1) i""",
+            ROWS,
+        )
+        plan = await generic_plan(conn, "prune_finished", "(float8, int)", "(86400, 1000)")
+    finally:
+        await conn.close()
+    # Neither the selection nor the delete itself reads the whole table.
+    assert "embedq_task_finished_idx" in plan, plan
+    assert "embedq_task_pkey" in plan, plan
+    assert "Seq Scan" not in plan, plan
