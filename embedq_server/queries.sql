@@ -126,10 +126,13 @@ SELECT count(*) FROM embedq_item WHERE state = 'pending';
 -- Lease up to $2 pending inputs of one (model, dimensions) among the worker's models, oldest
 -- first. The selection is fenced (MATERIALIZED) so the planner cannot re-run it and update
 -- more rows than the limit; SKIP LOCKED lets concurrent claimers pass each other.
+-- Both scans start where nothing older is pending (at $6 for the oldest input, a floor the
+-- caller keeps, see claimfloor.py; then at that input): every input claimed since the last
+-- VACUUM leaves a dead entry in the pending indexes, and a scan from the start walks them all.
 WITH head AS MATERIALIZED (
     SELECT id, model, dimensions
     FROM embedq_item
-    WHERE state = 'pending' AND model = ANY ($1::text[])
+    WHERE state = 'pending' AND model = ANY ($1::text[]) AND id >= $6
     ORDER BY id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -137,7 +140,7 @@ WITH head AS MATERIALIZED (
     SELECT i.id
     FROM embedq_item i
     JOIN head h ON i.model = h.model AND i.dimensions = h.dimensions
-    WHERE i.state = 'pending'
+    WHERE i.state = 'pending' AND i.id >= h.id
     ORDER BY i.id
     LIMIT $2
     FOR UPDATE OF i SKIP LOCKED

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from . import metrics
+from .claimfloor import ClaimFloors
 from .grouping import Grouped
 from .handed import HandedTasks
 from .listener import Listener
@@ -91,6 +92,7 @@ class Queue:
         self._background: set[asyncio.Task[None]] = set()
         self._offers: list[_Offer] = []  # claims waiting here, in arrival order
         self._handed = HandedTasks(settings.lease_seconds)  # tasks handed whole to an offer
+        self._floors = ClaimFloors()  # where claims start looking for pending inputs
         self._submits = Grouped(
             self._submit_group,
             "submit-tasks",
@@ -363,6 +365,7 @@ class Queue:
             signal = self.listener.work_signal()
             if gone():
                 return Claim(str(lease), [])
+            started, floor = self._floors.start(models)
             rows = await self._fetch_keeping_result(
                 QUERIES["claim_items"],
                 list(models),
@@ -370,9 +373,11 @@ class Queue:
                 lease,
                 self.settings.lease_seconds,
                 worker.name,
+                floor,
             )
             if rows:
                 items = sorted((claimed_from_row(r) for r in rows), key=lambda i: i.id)
+                self._floors.found(models, started, items[0].id)
                 return await self._hand_over(str(lease), items, gone)
             left = deadline - loop.time()
             if left <= 0 or self.closing:
@@ -519,6 +524,8 @@ class Queue:
                 )
                 failed = list(row["ids"])
                 self.listener.announce_done([str(t) for t in row["failed_tasks"]])
+                if row["requeued"]:
+                    self._floors.requeued()
                 if failed:
                     metrics.count_outcome(row["model"], "failed", row["failed"])
                     metrics.count_outcome(row["model"], "requeued", row["requeued"])
@@ -535,6 +542,8 @@ class Queue:
     async def release(self, lease: str, ids: Sequence[int]) -> list[int]:
         self._handed.forget(lease)
         row = await self.pool.fetchrow(QUERIES["release_items"], uuid.UUID(lease), list(ids))
+        if row["ids"]:
+            self._floors.requeued()
         metrics.count_outcome("*", "released", len(row["ids"]))
         return list(row["ids"])
 
@@ -574,6 +583,8 @@ class Queue:
             )
             stats["pruned"] = int(pruned.split()[-1])
             await conn.execute(QUERIES["prune_cache"], self.settings.cache_ttl, MAINTENANCE_BATCH)
+        if stats["requeued"]:
+            self._floors.requeued()
         if expired_tasks:  # committed: their waiters here need not wait for the NOTIFY
             self.listener.announce_done(expired_tasks)
         if stats["requeued"]:
