@@ -182,13 +182,12 @@ WITH results AS (
     WHERE i.id = r.id AND i.state = 'processing' AND i.lease_token = $1
     RETURNING i.id, i.task_id, i.idx, i.model, i.dimensions, i.input, i.vector, i.tokens,
               i.created_at, i.claimed_at
-), whole AS (
-    -- Tasks every input of which is in this batch: the caller has all their vectors in
-    -- hand and answers their waiters without reading them back.
+), touched AS (
+    -- The tasks of this batch, for the caller to answer those it finishes (see below) from
+    -- the vectors it holds, when it holds them all, without reading them back.
     SELECT t.id, t.owner, t.model, t.dimensions, t.n_inputs, t.created_at
-    FROM (SELECT task_id, count(*) AS n FROM done GROUP BY task_id) d
+    FROM (SELECT DISTINCT task_id FROM done) d
     JOIN embedq_task t ON t.id = d.task_id
-    WHERE d.n = t.n_inputs
 ), cached AS (
     INSERT INTO embedq_cache (scope, model, dimensions, text_hash, vector, tokens,
                               model_revision)
@@ -197,7 +196,7 @@ WITH results AS (
         SELECT CASE WHEN $6 = 'global' THEN '' ELSE t.owner END AS scope,
                d.model, d.dimensions, sha256(convert_to(d.input, 'UTF8')) AS text_hash,
                d.vector, d.tokens, $5::text
-        FROM done d JOIN embedq_task t ON t.id = d.task_id
+        FROM done d JOIN touched t ON t.id = d.task_id
         WHERE $6 <> 'off'
     ) c
     ON CONFLICT (scope, model, dimensions, text_hash) DO UPDATE
@@ -208,13 +207,12 @@ WITH results AS (
 SELECT coalesce(array_agg(id), '{}') AS ids,
        coalesce(array_agg(task_id), '{}') AS item_tasks,
        coalesce(array_agg(idx), '{}') AS idxs,
-       coalesce(array_agg(DISTINCT task_id), '{}') AS task_ids,
-       (SELECT array_agg(w.id ORDER BY w.id) FROM whole w) AS whole_ids,
-       (SELECT array_agg(w.owner ORDER BY w.id) FROM whole w) AS whole_owners,
-       (SELECT array_agg(w.model ORDER BY w.id) FROM whole w) AS whole_models,
-       (SELECT array_agg(w.dimensions ORDER BY w.id) FROM whole w) AS whole_dimensions,
-       (SELECT array_agg(w.n_inputs ORDER BY w.id) FROM whole w) AS whole_n_inputs,
-       (SELECT array_agg(w.created_at ORDER BY w.id) FROM whole w) AS whole_created,
+       (SELECT array_agg(w.id ORDER BY w.id) FROM touched w) AS touched_ids,
+       (SELECT array_agg(w.owner ORDER BY w.id) FROM touched w) AS touched_owners,
+       (SELECT array_agg(w.model ORDER BY w.id) FROM touched w) AS touched_models,
+       (SELECT array_agg(w.dimensions ORDER BY w.id) FROM touched w) AS touched_dimensions,
+       (SELECT array_agg(w.n_inputs ORDER BY w.id) FROM touched w) AS touched_n_inputs,
+       (SELECT array_agg(w.created_at ORDER BY w.id) FROM touched w) AS touched_created,
        now() AS finished_at,
        coalesce(array_agg(extract(epoch FROM claimed_at - created_at)::float8), '{}')
            AS queue_waits,
@@ -223,8 +221,9 @@ SELECT coalesce(array_agg(id), '{}') AS ids,
        coalesce(array_agg(extract(epoch FROM clock_timestamp() - created_at)::float8), '{}')
            AS totals,
        min(model) AS model,
-       embedq_settle(array_agg(task_id), array_agg(false), array_agg(NULL::text),
-                     array_agg(NULL::text)) AS woken
+       -- The tasks this batch finished (counted under the tasks' row locks).
+       embedq_settle_finished(array_agg(task_id), array_agg(false), array_agg(NULL::text),
+                              array_agg(NULL::text)) AS finished_ids
 FROM done;
 
 -- fail_items --

@@ -22,6 +22,7 @@ from . import metrics
 from .claimfloor import ClaimFloors
 from .grouping import Grouped
 from .handed import HandedTasks
+from .inhand import VectorsInHand
 from .listener import Listener
 from .outage import DATABASE_DOWN, TaskUnreachable
 from .records import (
@@ -32,7 +33,6 @@ from .records import (
     WorkerInfo,
     claimed_from_row,
     fingerprint,
-    finished_whole,
     task_with_results,
     untouched_task,
 )
@@ -93,6 +93,7 @@ class Queue:
         self._offers: list[_Offer] = []  # claims waiting here, in arrival order
         self._handed = HandedTasks(settings.lease_seconds)  # tasks handed whole to an offer
         self._floors = ClaimFloors()  # where claims start looking for pending inputs
+        self._in_hand = VectorsInHand(settings.lease_seconds)  # of tasks split over batches
         self._submits = Grouped(
             self._submit_group,
             "submit-tasks",
@@ -505,9 +506,10 @@ class Queue:
                 done = list(row["ids"])
                 if done:
                     # Committed: wake this process's waiters now (with the tasks this batch
-                    # finished whole in hand); the NOTIFY tells the other processes.
-                    woken = [str(t) for t in row["task_ids"]]
-                    self.listener.announce_done(woken, finished_whole(row, results, early))
+                    # finished, when all their vectors are in hand); the NOTIFY tells the
+                    # other processes.
+                    woken = [str(t) for t in row["finished_ids"]]
+                    self.listener.announce_done(woken, self._in_hand.completed(row, results, early))
                     await self._note_revision(conn, row["model"], model_revision)
                     metrics.observe_completed(
                         row["model"], row["queue_waits"], row["computes"], row["totals"]

@@ -4,7 +4,7 @@ plain frozen dataclasses, and how they are built from the rows PostgreSQL return
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -90,44 +90,6 @@ def fingerprint(owner: str, model: str, dimensions: int, inputs: Sequence[str]) 
         h.update(len(text).to_bytes(8, "little"))
         h.update(text.encode("utf-8", "surrogatepass"))
     return h.digest()
-
-
-def finished_whole(
-    row: asyncpg.Record,
-    results: Sequence[tuple[int, bytes, int]],
-    answered: Container[str] = (),
-) -> dict[str, Task]:
-    """The tasks a completion finished all at once, with the vectors just posted: their
-    waiters in this process are answered from these, without reading them back. Tasks in
-    `answered` (already answered from the same vectors) are left out."""
-    if not row["whole_ids"] or all(str(t) in answered for t in row["whole_ids"]):
-        return {}
-    posted = {item_id: (vector, tokens) for item_id, vector, tokens in results}
-    slots: dict[str, list[ItemResult]] = {
-        str(t): [] for t in row["whole_ids"] if str(t) not in answered
-    }
-    for item_id, task_id, idx in zip(row["ids"], row["item_tasks"], row["idxs"], strict=True):
-        slot = slots.get(str(task_id))
-        if slot is not None:
-            vector, tokens = posted[item_id]
-            slot.append(ItemResult(idx, vector, tokens))
-    finished: dict[str, Task] = {}
-    columns = zip(
-        row["whole_ids"],
-        row["whole_owners"],
-        row["whole_models"],
-        row["whole_dimensions"],
-        row["whole_n_inputs"],
-        row["whole_created"],
-        strict=True,
-    )
-    for task_id, owner, model, dimensions, n_inputs, created_at in columns:
-        if str(task_id) not in slots:
-            continue
-        items = sorted(slots[str(task_id)], key=lambda r: r.index)
-        stored = untouched_task(str(task_id), owner, model, dimensions, n_inputs, created_at)
-        finished[str(task_id)] = completed_task(stored, tuple(items), row["finished_at"])
-    return finished
 
 
 def untouched_task(

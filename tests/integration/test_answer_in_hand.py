@@ -1,8 +1,9 @@
-"""A completion that finishes a whole task answers its waiters in this process with the
-vectors just posted, instead of reading them back: the answer must be exactly what a read
-of the stored task gives, and tasks the batch did not finish whole still read. A task one
-lease holds whole (handed to a waiting claim, or claimed whole) is answered as the lease's
-results arrive, before the completion statement stores them."""
+"""A completion that finishes a task answers its waiters in this process with the vectors
+it holds (this batch's, and those of earlier batches of a split task), instead of reading
+them back: the answer must be exactly what a read of the stored task gives, and a task
+whose vectors are not all in hand (cached inputs, another process's batch) still reads.
+A task handed whole to a waiting claim is answered as the lease's results arrive, before
+the completion statement stores them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import struct
 from dataclasses import replace
 from typing import Any
 
+from embedq_server.inhand import VectorsInHand
 from embedq_server.keys import POOL, QUEUE
 from embedq_server.records import Claim, Failure, WorkerInfo
 from tests.helpers import CLIENT, WORKER, claim, wait_until
@@ -71,8 +73,10 @@ async def test_a_task_finished_whole_is_answered_without_a_read(app_client):
     assert [r.tokens for r in answered.results or ()] == [3, 3, 3]
 
 
-async def test_a_task_split_over_batches_reads_what_the_first_batch_left(app_client):
-    client = await app_client(backstop_interval=20.0)
+async def split_task(client: Any, forget_between: bool) -> int:
+    """A four-text task computed in two batches, the later half posted first; with
+    `forget_between`, as if another server process had stored the first batch. Returns
+    how many reads of tasks its answer took."""
     queue = client.server.app[QUEUE]
     reads = count_reads(queue)
     texts = ["one", "two", "three", "four"]
@@ -81,9 +85,12 @@ async def test_a_task_split_over_batches_reads_what_the_first_batch_left(app_cli
     first = await claim(client, max_items=2, wait=5)
     second = await claim(client, max_items=2, wait=5, worker="w2")
     await post_results(client, second, value)
+    assert not waiting.done()
+    if forget_between:
+        queue._in_hand = VectorsInHand(keep_seconds=60)
     await post_results(client, first, value)
     answered = await waiting
-    assert reads  # the last batch held only half of the task: its answer was read
+    answer_reads = len(reads)
     assert answered is not None and answered.status == "completed"
     assert [struct.unpack("<2f", r.vector)[0] for r in answered.results or ()] == [
         0.0,
@@ -91,6 +98,37 @@ async def test_a_task_split_over_batches_reads_what_the_first_batch_left(app_cli
         2.0,
         3.0,
     ]
+    stored = await queue.read(answered.id)
+    assert replace(answered, finished_at=stored.finished_at) == stored
+    return answer_reads
+
+
+async def test_a_task_split_over_batches_is_answered_from_both_batches(app_client):
+    client = await app_client(backstop_interval=20.0)
+    assert await split_task(client, forget_between=False) == 0
+
+
+async def test_a_split_task_whose_first_batch_is_not_in_hand_is_read(app_client):
+    client = await app_client(backstop_interval=20.0)
+    assert await split_task(client, forget_between=True) == 1
+
+
+async def test_a_task_finished_with_cached_inputs_is_read(app_client):
+    client = await app_client(backstop_interval=20.0)
+    queue = client.server.app[QUEUE]
+    first = asyncio.create_task(queue.submit_and_wait("owner-1", "m", 0, ["kept"], timeout=15))
+    await post_results(client, await claim(client, wait=5), {"kept": 1.0})
+    await first
+    reads = count_reads(queue)
+    waiting = asyncio.create_task(
+        queue.submit_and_wait("owner-1", "m", 0, ["kept", "new"], timeout=15)
+    )
+    batch = await claim(client, wait=5)
+    assert [i["input"] for i in batch["items"]] == ["new"]  # "kept" came from the cache
+    await post_results(client, batch, {"new": 2.0})
+    answered = await waiting
+    assert reads  # the batch finished the task but held only one of its vectors
+    assert [struct.unpack("<2f", r.vector)[0] for r in answered.results or ()] == [1.0, 2.0]
 
 
 async def test_the_http_answer_from_hand_matches_the_stored_vectors(app_client):
