@@ -585,11 +585,10 @@ class Queue:
             )
             stats["pruned"] = int(pruned.split()[-1])
             await conn.execute(QUERIES["prune_cache"], self.settings.cache_ttl, MAINTENANCE_BATCH)
-        if stats["requeued"]:
-            self._floors.requeued()
         if expired_tasks:  # committed: their waiters here need not wait for the NOTIFY
             self.listener.announce_done(expired_tasks)
         if stats["requeued"]:
+            self._floors.requeued()
             metrics.count_outcome("*", "requeued", stats["requeued"])
         if stats["failed"]:
             metrics.count_outcome("*", "expired", stats["failed"])

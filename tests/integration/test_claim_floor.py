@@ -26,7 +26,7 @@ class Clock:
         return self.now
 
 
-async def setup(app_client: Any, **settings: Any) -> tuple[TestClient, Clock]:
+async def queue_with_clock(app_client: Any, **settings: Any) -> tuple[TestClient, Clock]:
     client = await app_client(**settings)
     clock = Clock()
     queue = client.server.app[QUEUE]
@@ -50,7 +50,7 @@ async def claim_one(client: TestClient) -> tuple[str, str, int]:
 async def test_an_input_requeued_elsewhere_below_the_floor_waits_for_the_full_scan(
     app_client: Any,
 ) -> None:
-    client, clock = await setup(app_client)
+    client, clock = await queue_with_clock(app_client)
     _, first, a_id = await claim_one(client)  # the first claim scans from the start
     clock.now += 2
     _, second, _ = await claim_one(client)  # from a's id: finds b
@@ -81,7 +81,7 @@ async def claim_a_and_b(client: TestClient, clock: Clock) -> tuple[str, int]:
 
 
 async def test_a_hand_back_here_drops_the_floor_at_once(app_client: Any) -> None:
-    client, clock = await setup(app_client)
+    client, clock = await queue_with_clock(app_client)
     lease, a_id = await claim_a_and_b(client, clock)
     resp = await client.post(
         "/worker/release", json={"worker": "w1", "lease": lease, "ids": [a_id]}, headers=WORKER
@@ -92,7 +92,7 @@ async def test_a_hand_back_here_drops_the_floor_at_once(app_client: Any) -> None
 
 
 async def test_a_retry_here_drops_the_floor_at_once(app_client: Any) -> None:
-    client, clock = await setup(app_client)
+    client, clock = await queue_with_clock(app_client)
     lease, a_id = await claim_a_and_b(client, clock)
     resp = await client.post(
         "/worker/complete",
@@ -110,7 +110,7 @@ async def test_a_retry_here_drops_the_floor_at_once(app_client: Any) -> None:
 
 
 async def test_a_lease_expired_here_drops_the_floor_at_once(app_client: Any) -> None:
-    client, clock = await setup(app_client, lease_seconds=0.5)
+    client, clock = await queue_with_clock(app_client, lease_seconds=0.5)
     _, a_id = await claim_a_and_b(client, clock)
     pool = client.server.app[POOL]
 
