@@ -71,7 +71,10 @@ class DoubleState:
     @asynccontextmanager
     async def computing(self, body: dict[str, Any], n_texts: int) -> AsyncIterator[None]:
         """Hold the gate for one call: calls queue as on one GPU and pay fixed + per-text cost,
-        so batching pays here as it does on real hardware."""
+        so batching pays here as it does on real hardware. The body (making the vectors)
+        runs at the start of the call's GPU time, as a GPU computes them, and the gate is
+        held for the rest of the cost: made before the gate, they kept a call that met an
+        idle GPU from starting for the double's own Python work."""
         self.last_request = body
         self.pending += 1
         self.max_concurrent = max(self.max_concurrent, self.pending)
@@ -91,10 +94,11 @@ class DoubleState:
                 self.calls += 1
                 self.texts += n_texts
                 self.batch_sizes.append(n_texts)
-                cost_ms = self.fixed_ms + self.per_text_ms * n_texts
-                if cost_ms:
-                    await asyncio.sleep(cost_ms / 1000)
                 yield
+                left = (self.fixed_ms + self.per_text_ms * n_texts) / 1000
+                left -= time.perf_counter() - held
+                if left > 0:
+                    await asyncio.sleep(left)
             finally:
                 self.gate_seconds += time.perf_counter() - held
                 self._gate.release()

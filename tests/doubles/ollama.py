@@ -202,12 +202,9 @@ async def _embed(request: web.Request) -> web.Response:
     if not texts:
         return web.json_response({"model": body["model"], "embeddings": []})
     summary = {k: v for k, v in body.items() if k != "input"} | {"n_inputs": len(texts)}
-    # The fake vectors and their JSON are made outside the gate: the gate models only the
-    # GPU's cost, so the double's own Python work does not count as GPU time.
-    vectors = [expected_json(model, t, dimensions or None, double.dim) for t in texts]
     try:
-        async with state.computing(summary, len(texts)):
-            pass
+        async with state.computing(summary, len(texts)):  # the vectors, in the GPU's time
+            vectors = [expected_json(model, t, dimensions or None, double.dim) for t in texts]
     except Busy:
         return _error(503, BUSY_ERROR)
     loaded_now = double.touch(model, keep_alive)
