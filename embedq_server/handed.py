@@ -6,9 +6,9 @@ one statement sooner, and nothing is lost if it fails (the lease expires and the
 are computed again; the client already holds correct vectors).
 
 Only handed tasks: answering tasks the claim statement took whole the same way was tried
-and dropped. It did not move 32 clients and cost ~12% with the worker 50 ms away (the
-burst of answers and new requests it sets off as results arrive kept the worker's next
-claims waiting longer at the server: median claim round trip 61 -> 66-75 ms).
+twice and dropped. It gained 32 clients 2-4 points at best and cost 4-12% with the worker
+50 ms away (the burst of answers and new requests it sets off as results arrive delays
+the worker's next claim statement on the server's one event loop: bench/README).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
@@ -115,17 +115,12 @@ def completed_task(
     task: Task, results: tuple[ItemResult, ...], finished_at: datetime | None
 ) -> Task:
     """`task` (as stored, nothing failed) with every input completed."""
-    return Task(
-        id=task.id,
-        owner=task.owner,
-        model=task.model,
-        dimensions=task.dimensions,
-        n_inputs=task.n_inputs,
+    return replace(
+        task,
         remaining=0,
         failed=0,
         error=None,
         error_code=None,
-        created_at=task.created_at,
         finished_at=finished_at,
         results=results,
     )

@@ -183,12 +183,11 @@ def _results(body: dict[str, Any]) -> list[tuple[int, bytes, int]]:
     """Results posted as JSON, each vector in base64."""
     out: list[tuple[int, bytes, int]] = []
     for entry in _field(body, "results", list, default=[]):
-        item_id, tokens = _result_entry(entry, "its embedding (base64)")
+        holds = "its embedding (base64)"
+        item_id, tokens = _result_entry(entry, holds)
         b64 = entry.get("embedding")
         if not isinstance(b64, str):
-            raise ApiError(
-                400, "each result needs an item id and its embedding (base64)", param="results"
-            )
+            raise ApiError(400, f"each result needs an item id and {holds}", param="results")
         try:
             vector = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
