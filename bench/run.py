@@ -97,6 +97,20 @@ def _double(stack: Stack, path: str, body: dict[str, Any] | None = None) -> dict
     return _http(stack.double.url + path, body)
 
 
+def _claims(stack: Stack, model: str) -> tuple[float, float]:
+    """The server's count of non-empty claims of a model and of the inputs they took (its
+    /metrics histogram embedq_batch_size): what the zero-cost worker's batches were."""
+    assert stack.server is not None
+    with urllib.request.urlopen(stack.server.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found = {"count": 0.0, "sum": 0.0}
+    for line in text.splitlines():
+        for key in found:
+            if line.startswith(f'embedq_batch_size_{key}{{model="{model}"}}'):
+                found[key] = float(line.rsplit(" ", 1)[1])
+    return found["count"], found["sum"]
+
+
 class Bench:
     def __init__(self, stack: Stack, args: argparse.Namespace, batch: int) -> None:
         self.stack = stack
@@ -143,6 +157,8 @@ class Bench:
         gpu = sc.via not in ("zero", "floor")
         if gpu:
             _double(self.stack, "/_control", {"reset_stats": True})
+        elif sc.via == "zero":
+            claims_before = _claims(self.stack, ZERO_MODEL)
         result, cpu = self.load.run(self.spec(sc), self.meter())
         result.pop("spec", None)
         n = sc.ceiling_n(self.batch)
@@ -171,6 +187,10 @@ class Bench:
             sizes = stats.get("batch_sizes") or []
             entry["mean_batch"] = round(sum(sizes) / len(sizes), 1) if sizes else None
             entry["double_calls"] = stats.get("calls")
+        elif sc.via == "zero":
+            claims, taken = (b - a for a, b in zip(claims_before, _claims(self.stack, ZERO_MODEL)))
+            entry["worker_batch_size"] = sc.batch
+            entry["mean_batch"] = round(taken / claims, 1) if claims else None
         self.results[sc.name] = entry
         print(
             f"  {sc.name:<12} {entry['tps']:>9,.1f} texts/s  p50 {entry['p50_ms']:.1f} ms  "
@@ -189,7 +209,7 @@ class Bench:
         """
         assert self.stack.server is not None
         self.stack.stop_worker(name)
-        body = {"model": model, "input": f"orphan-{name}-{self.run_id}", "wait_seconds": 0}
+        body = {"model": model, "input": f"orphan-{name}-{uuid.uuid4().hex}", "wait_seconds": 0}
         task = _http(self.stack.server.url + "/v1/embeddings", body, CLIENT_TOKEN)["id"]
         deadline = time.monotonic() + ORPHAN_WAIT
         while time.monotonic() < deadline:
@@ -294,17 +314,22 @@ class Bench:
                 self.retire_worker("rtt", GPU_MODEL)
                 stack.stop_proxy()
 
-            zero = [sc for sc in ZERO if self.wanted(sc.name)]
+            zero = [sc for sc in ZERO if self.wanted(sc.name, sc.quick)]
             do_soak = self.args.soak > 0 and self.wanted("soak")
-            if zero or do_soak:
+            batches = {sc.batch for sc in zero} | ({SOAK_SCENARIO.batch} if do_soak else set())
+            if batches:
                 print("zero-cost backend:", flush=True)
-                stack.start_worker("zero", EMBEDDING_MODEL=f"zero:{ZERO_MODEL}")
+            for batch in sorted(batches, reverse=True):
+                stack.start_worker(
+                    "zero", EMBEDDING_MODEL=f"zero:{ZERO_MODEL}", BATCH_SIZE=str(batch)
+                )
                 for sc in zero:
-                    self.scenario(sc)
-                if do_soak:
+                    if sc.batch == batch:
+                        self.scenario(sc)
+                if do_soak and batch == SOAK_SCENARIO.batch:
                     soak = self.soak(self.args.soak)
                     print(report.soak_lines(soak), flush=True)
-                stack.stop_worker("zero")
+                self.retire_worker("zero", ZERO_MODEL)
         finally:
             self.load.close()
         return {

@@ -12,6 +12,10 @@ from typing import Any
 from .stack import FIXED_MS, PER_TEXT_MS
 
 FLAT_KIB_PER_1000 = 50.0  # soak: RSS growth per 1,000 requests still called flat (~50 B each)
+# The zero-cost worker's BATCH_SIZE: the server's MAX_BATCH. It has no GPU whose batch size to
+# match, and the queue's own ceiling is reached with its biggest claims: each claim and each
+# posted batch carries fixed work (two HTTP calls, two statements, a settle and a NOTIFY).
+ZERO_BATCH = 256
 
 
 def ceiling(n: int) -> float:
@@ -27,6 +31,7 @@ class Scenario:
     clients: int
     texts: int = 1  # per request
     quick: bool = True  # part of --quick
+    batch: int = ZERO_BATCH  # zero-cost scenarios: the worker's BATCH_SIZE
 
     def ceiling_n(self, batch_size: int) -> int | None:
         """Texts in flight the ceiling is taken at: clients x texts, capped at the worker's
@@ -62,6 +67,8 @@ RTT = [
 ZERO = [
     Scenario("zero-1", "zero", 64),
     Scenario("zero-100", "zero", 16, 100),
+    # The same at the GPU worker's default batch size, to show what the bigger claims buy.
+    Scenario("zero-100-64", "zero", 16, 100, quick=False, batch=64),
 ]
 SOAK_SCENARIO = Scenario("soak", "zero", 64)
 
