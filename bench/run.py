@@ -188,7 +188,9 @@ class Bench:
             entry["mean_batch"] = round(sum(sizes) / len(sizes), 1) if sizes else None
             entry["double_calls"] = stats.get("calls")
         elif sc.via == "zero":
-            claims, taken = (b - a for a, b in zip(claims_before, _claims(self.stack, ZERO_MODEL)))
+            claims_after = _claims(self.stack, ZERO_MODEL)
+            claims = claims_after[0] - claims_before[0]
+            taken = claims_after[1] - claims_before[1]
             entry["worker_batch_size"] = sc.batch
             entry["mean_batch"] = round(taken / claims, 1) if claims else None
         self.results[sc.name] = entry
