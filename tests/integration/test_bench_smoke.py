@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.scenarios import ZERO_BATCH
 from tests.doubles.common import REPO_ROOT
 
 SCENARIOS = {"floor", "idle-direct", "idle", "c32-direct", "c32", "c256", "t100", "c32-rtt",
@@ -37,6 +38,10 @@ def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
         assert results["scenarios"][name]["errors"] == 0, name
     for name in WORKING:
         assert results["scenarios"][name]["requests"] > 0, name
+    # The zero-cost worker's claims are counted from the server's /metrics.
+    zero = results["scenarios"]["zero-1"]
+    assert zero["worker_batch_size"] == ZERO_BATCH
+    assert zero["mean_batch"] is not None and 1 <= zero["mean_batch"] <= ZERO_BATCH
     assert results["repeat"]["passes"]["first"]["computed"] == results["repeat"]["texts"]
     assert {"server", "worker"} <= results["soak"]["kib_per_1000_requests"].keys()
     assert all({"target", "limit", "measured", "met"} <= t.keys() for t in results["targets"])
