@@ -30,7 +30,6 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         app[DATABASE_URL],
         min_size=settings.pool_min,
         max_size=settings.pool_max,
-        plan_cache_mode=settings.plan_cache_mode,
         init=listener.own_connection,
     )
     await listener.start()

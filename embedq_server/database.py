@@ -98,19 +98,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     takes transaction-scoped locks), and asyncpg still ends any open transaction."""
 
 
-async def create_pool(
-    url: str,
-    *,
-    min_size: int,
-    max_size: int,
-    plan_cache_mode: str = "force_generic_plan",
-    **kw: Any,
-) -> asyncpg.Pool:
-    """The server's pool. Its statements run with generic plans by default: under `auto`
-    PostgreSQL kept planning the submit and completion statements (CTEs over parameter
-    arrays, whose sizes only a custom plan sees) on every execution, ~0.5 ms of idle
-    latency and ~18% of its CPU per zero-cost 100-text request (bench/README, sixth round);
-    tests/integration/test_query_plans.py checks that the generic plans keep to indexes."""
+async def create_pool(url: str, *, min_size: int, max_size: int, **kw: Any) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
@@ -118,11 +106,8 @@ async def create_pool(
         reset=_keep_session,
         timeout=CONNECT_TIMEOUT,
         command_timeout=60,
-        server_settings={
-            # A stuck transaction must not hold locks or stop vacuum forever.
-            "idle_in_transaction_session_timeout": "60s",
-            "plan_cache_mode": plan_cache_mode,
-        },
+        # A stuck transaction must not hold locks or stop vacuum forever.
+        server_settings={"idle_in_transaction_session_timeout": "60s"},
         **kw,
     )
     assert pool is not None

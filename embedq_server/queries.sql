@@ -129,10 +129,6 @@ SELECT count(*) FROM embedq_item WHERE state = 'pending';
 -- Both scans start where nothing older is pending (at $6 for the oldest input, a floor the
 -- caller keeps, see claimfloor.py; then at that input): every input claimed since the last
 -- VACUUM leaves a dead entry in the pending indexes, and a scan from the start walks them all.
--- The server runs it with a generic plan (see database.create_pool), which knows neither
--- the floor nor the limit: the second scan repeats the floor (implied by head) so it still
--- has an index bound, and the picked ids go in as an array (a primary-key lookup each),
--- since joined they could be hashed against a scan of the whole table.
 WITH head AS MATERIALIZED (
     SELECT id, model, dimensions
     FROM embedq_item
@@ -144,7 +140,7 @@ WITH head AS MATERIALIZED (
     SELECT i.id
     FROM embedq_item i
     JOIN head h ON i.model = h.model AND i.dimensions = h.dimensions
-    WHERE i.state = 'pending' AND i.id >= h.id AND i.id >= $6
+    WHERE i.state = 'pending' AND i.id >= h.id
     ORDER BY i.id
     LIMIT $2
     FOR UPDATE OF i SKIP LOCKED
@@ -156,7 +152,8 @@ SET state = 'processing',
     attempts = i.attempts + 1,
     worker = $5,
     claimed_at = now()
-WHERE i.id = ANY (ARRAY(SELECT id FROM picked))
+FROM picked
+WHERE i.id = picked.id
 RETURNING i.id, i.task_id, i.input, i.model, i.dimensions, i.attempts;
 
 -- extend_lease --

@@ -37,7 +37,6 @@ SHUTDOWN_GRACE = 30.0  # seconds in-flight requests get to finish after SIGTERM
 WORKER_ALIVE = 60.0  # seconds since a worker's last call before it counts as gone
 CACHE_MODES = ("owner", "global", "off")
 CACHE_TTL = 86400.0  # seconds stored results for repeated texts are kept
-PLAN_CACHE_MODES = ("force_generic_plan", "auto", "force_custom_plan")
 SAMPLE_TOKENS = frozenset({"change-me", "sk-embedq-change-me", "worker-change-me"})
 
 
@@ -142,14 +141,6 @@ class Settings(EnvSettings):
             "task says so) or reject (404)",
         },
     )
-    plan_cache_mode: str = field(
-        default="force_generic_plan",
-        metadata={
-            "env": "PG_PLAN_CACHE_MODE",
-            "help": "PostgreSQL's plan_cache_mode for the server's statements: "
-            "force_generic_plan (plan each once per connection), auto or force_custom_plan",
-        },
-    )
     log_format: str = field(default="text", metadata={"env": "LOG_FORMAT", "help": "text or json"})
     log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL", "help": "log level"})
 
@@ -158,11 +149,6 @@ class Settings(EnvSettings):
             raise ValueError(f"UNSERVED_MODEL must be wait or reject, not {self.unserved_model!r}")
         if self.cache not in CACHE_MODES:
             raise ValueError(f"CACHE must be one of {', '.join(CACHE_MODES)}, not {self.cache!r}")
-        if self.plan_cache_mode not in PLAN_CACHE_MODES:
-            raise ValueError(
-                f"PG_PLAN_CACHE_MODE must be one of {', '.join(PLAN_CACHE_MODES)}, "
-                f"not {self.plan_cache_mode!r}"
-            )
 
     @property
     def embedded(self) -> bool:
