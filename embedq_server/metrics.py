@@ -115,7 +115,7 @@ def count_outcome(model: str, outcome: str, n: int) -> None:
 # -- per app: HTTP requests, the database's view of the queue, and GET /metrics -----------
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-QUEUE_STATES = ("pending", "processing", "completed", "failed")
+QUEUE_STATES = ("pending", "processing")  # the gauge's states: the queue proper
 SNAPSHOT_TIMEOUT = 5.0  # seconds the scrape-time query may take
 METRICS_TOKEN_ENV = "METRICS_TOKEN"  # optional bearer token for /metrics; unset: token-free
 
@@ -174,7 +174,7 @@ class QueueCollector(Collector):
         models = sorted({model for model, _ in counts} | set(model_workers))
         items = GaugeMetricFamily(
             "embedq_queue_items",
-            "Inputs in the queue by model and state.",
+            "Inputs in the queue by model and state (pending, processing).",
             labels=["model", "state"],
         )
         oldest = GaugeMetricFamily(

@@ -410,9 +410,20 @@ WHERE state = 'pending' AND model = $1;
 SELECT deleted_tasks, deleted_items, failed_items FROM embedq_purge_pending($1::text);
 
 -- metrics_snapshot --
--- Everything /metrics reads from the database, in one round trip at scrape time.
+-- Everything /metrics reads from the database, in one round trip at scrape time. Only the
+-- queue proper (pending and processing inputs, through their partial indexes): counting
+-- the completed and failed ones meant reading every stored vector (gigabytes at the
+-- retention of a busy queue) on every scrape. Those are counted by embedq_items_total, and
+-- the embedq_queue view shows them in psql.
 SELECT (SELECT coalesce(json_agg(q), '[]')
-        FROM (SELECT model, state, items, oldest_pending_seconds FROM embedq_queue) q)
+        FROM (SELECT p.model, 'pending' AS state, p.items,
+                     extract(epoch FROM now() - i.created_at)::float8 AS oldest_pending_seconds
+              FROM (SELECT model, count(*) AS items, min(id) AS oldest_id
+                    FROM embedq_item WHERE state = 'pending' GROUP BY model) p
+              JOIN embedq_item i ON i.id = p.oldest_id
+              UNION ALL
+              SELECT model, 'processing', count(*), NULL
+              FROM embedq_item WHERE state = 'processing' GROUP BY model) q)
            AS queue,
        (SELECT count(*) FROM embedq_worker WHERE last_seen > now() - interval '60 seconds')
            AS live_workers,

@@ -9,6 +9,8 @@ enough: seconds of PostgreSQL work per pass on a table of gigabytes.
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 
 from embedq_server.sql import QUERIES
@@ -59,3 +61,33 @@ async def test_result_retention_uses_its_index_without_statistics(db_url: str) -
     assert "embedq_task_finished_idx" in plan, plan
     assert "embedq_task_pkey" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+async def test_metrics_scrape_reads_only_the_queue_not_the_stored_results(db_url: str) -> None:
+    """A scrape must not read every stored vector: a busy queue keeps gigabytes of them."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            """INSERT INTO embedq_task (id, owner, fingerprint, model, dimensions, n_inputs,
+                                        remaining)
+               SELECT md5(i::text)::uuid, 'o', sha256(i::text::bytea), 'm', 0, 1, 0
+               FROM generate_series(1, $1) i""",
+            ROWS,
+        )
+        await conn.execute(
+            """INSERT INTO embedq_item (task_id, idx, model, input, state, vector)
+               SELECT md5(i::text)::uuid, 0, 'm', 'text ' || i,
+                      CASE WHEN i % 100 = 0 THEN 'pending' ELSE 'completed' END,
+                      CASE WHEN i % 100 = 0 THEN NULL ELSE '\\x00000000'::bytea END
+               FROM generate_series(1, $1) i""",
+            ROWS,
+        )
+        await conn.execute("ANALYZE embedq_item")
+        rows = await conn.fetch("EXPLAIN (COSTS OFF) " + QUERIES["metrics_snapshot"])
+        snapshot = await conn.fetchrow(QUERIES["metrics_snapshot"])
+    finally:
+        await conn.close()
+    plan = "\n".join(r[0] for r in rows)
+    assert "Seq Scan on embedq_item" not in plan, plan
+    queue = json.loads(snapshot["queue"])
+    assert [(r["model"], r["state"], r["items"]) for r in queue] == [("m", "pending", ROWS // 100)]
