@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from . import report
 from .load import Spec
 from .measure import LoadProcess
@@ -103,12 +105,12 @@ def _claims(stack: Stack, model: str) -> tuple[float, float]:
     assert stack.server is not None
     with urllib.request.urlopen(stack.server.url + "/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    found = {"count": 0.0, "sum": 0.0}
-    for line in text.splitlines():
-        for key in found:
-            if line.startswith(f'embedq_batch_size_{key}{{model="{model}"}}'):
-                found[key] = float(line.rsplit(" ", 1)[1])
-    return found["count"], found["sum"]
+    found = {"embedq_batch_size_count": 0.0, "embedq_batch_size_sum": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in found and sample.labels.get("model") == model:
+                found[sample.name] = sample.value
+    return found["embedq_batch_size_count"], found["embedq_batch_size_sum"]
 
 
 class Bench:
