@@ -85,13 +85,12 @@ class Listener:
         """New work was stored by this process: wake its claimers without a round trip."""
         self._bump_work()
 
-    def announce_done(self, task_ids: list[str], known: Mapping[str, object] = {}) -> None:
+    def announce_done(self, task_ids: list[str], known: Mapping[str, object] = {}) -> list[str]:
         """Tasks this process just settled: wake their waiters without waiting for the
         NOTIFY (which still tells the other processes). A waiter gets the task's final
         state when `known` has it, else None and re-reads (a task that is not finished yet
-        only costs a read)."""
-        for task_id in task_ids:
-            self._wake(task_id, known.get(task_id))
+        only costs a read). Returns the tasks that had a waiter here."""
+        return [task_id for task_id in task_ids if self._wake(task_id, known.get(task_id))]
 
     def work_signal(self) -> asyncio.Event:
         """An event set by the next "new work" notification. Take it *before* claiming, so
@@ -165,10 +164,13 @@ class Listener:
         for task_id in payload.split(","):
             self._wake(task_id, None)
 
-    def _wake(self, task_id: str, known: object) -> None:
+    def _wake(self, task_id: str, known: object) -> bool:
+        woke = False
         for fut in self._task_waiters.get(task_id, ()):
             if not fut.done():
                 fut.set_result(known)
+                woke = True
+        return woke
 
     def _on_work(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         self._bump_work()

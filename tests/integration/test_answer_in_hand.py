@@ -13,6 +13,7 @@ import struct
 from dataclasses import replace
 from typing import Any
 
+from embedq_server import openai_api
 from embedq_server.inhand import VectorsInHand
 from embedq_server.keys import POOL, QUEUE
 from embedq_server.records import Claim, Failure, WorkerInfo
@@ -189,6 +190,43 @@ async def test_a_task_handed_whole_is_answered_before_its_results_are_stored(app
     assert sorted(done) == sorted(i.id for i in claimed.items)  # and it was stored
     stored = await queue.read(answered.id)
     assert replace(answered, finished_at=stored.finished_at) == stored
+
+
+async def test_the_completion_statement_waits_until_the_early_answer_is_written(
+    app_client, monkeypatch
+):
+    """Sent at once, the statement's work in PostgreSQL competed with the answer for the
+    CPU (bench/README): it goes once the waiting request has written its answer."""
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = client.server.app[QUEUE], client.server.app[POOL]
+    order: list[str] = []
+    answer = openai_api.answer
+
+    async def watched_answer(*args: Any, **kwargs: Any) -> Any:
+        response = await answer(*args, **kwargs)
+        order.append("answer")
+        return response
+
+    acquire = type(pool).acquire
+
+    def watched_acquire(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self is pool:
+            order.append("statement")
+        return acquire(self, *args, **kwargs)
+
+    monkeypatch.setattr(openai_api, "answer", watched_answer)
+    claim_task = asyncio.create_task(queue.claim(HANDED, ["m"], 8, wait=15))
+    await wait_until(lambda: _true(bool(queue._offers)), timeout=GUARD)
+    request = asyncio.create_task(
+        client.post("/v1/embeddings", json={"model": "m", "input": "delta"}, headers=CLIENT)
+    )
+    claimed: Claim = await asyncio.wait_for(claim_task, GUARD)
+    monkeypatch.setattr(type(pool), "acquire", watched_acquire)
+    results = [(claimed.items[0].id, struct.pack("<2f", 1.0, 0.0), 1)]
+    done, _ = await asyncio.wait_for(queue.complete(claimed.lease, results), GUARD)
+    assert done == [claimed.items[0].id]
+    assert (await asyncio.wait_for(request, GUARD)).status == 200
+    assert order == ["answer", "statement"]
 
 
 async def test_a_task_the_claim_statement_took_is_answered_after_it_is_stored(app_client):

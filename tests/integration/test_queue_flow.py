@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from embedq_server.logs import RequestIdFilter
 from tests.helpers import CLIENT, OTHER_CLIENT, WORKER, claim
 
 
@@ -242,14 +243,17 @@ async def test_health_needs_no_token(app_client):
 
 async def test_every_response_carries_a_request_id(app_client, caplog):
     caplog.set_level(logging.INFO, logger="embedq.request")
+    caplog.handler.addFilter(RequestIdFilter())  # as setup_logging's handler has
     client = await app_client()
     resp = await client.get("/health", headers={"X-Request-Id": "abc-123"})
     assert resp.headers["X-Request-Id"] == "abc-123"
     fresh = await client.get("/v1/models", headers={"X-Request-Id": "bad id with spaces"})
     assert fresh.headers["X-Request-Id"] != "bad id with spaces"
     assert len(fresh.headers["X-Request-Id"]) == 16
-    lines = [r.getMessage() for r in caplog.records if r.name == "embedq.request"]
-    assert any("path=/health status=200" in line for line in lines)
+    lines = [r for r in caplog.records if r.name == "embedq.request"]
+    health = [r for r in lines if "path=/health status=200" in r.getMessage()]
+    # Written after the answer, and still with the request's id.
+    assert [getattr(r, "request_id", None) for r in health] == ["abc-123"]
 
 
 async def test_a_model_nobody_serves_waits_and_the_task_says_so(app_client):
