@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from embedq_server.keys import QUEUE
 from embedq_worker.backends.ollama import OllamaBackend
 from embedq_worker.runner import Runner
 from embedq_worker.server_client import ServerClient
@@ -42,7 +43,11 @@ async def submit(client: TestClient, inputs: list[str]) -> str:
 
 
 async def run_burst(
-    client: TestClient, ollama_url: str, after_start: Any = None, **settings: Any
+    client: TestClient,
+    ollama_url: str,
+    after_start: Any = None,
+    on_batch: Any = None,
+    **settings: Any,
 ) -> Runner:
     worker_settings = WorkerSettings(
         server_url=str(client.make_url("")).rstrip("/"),
@@ -64,7 +69,7 @@ async def run_burst(
             models=[MODEL],
             backend="ollama",
         ) as server:
-            runner = Runner(worker_settings, server, {MODEL: backend})
+            runner = Runner(worker_settings, server, {MODEL: backend}, on_batch=on_batch)
             await asyncio.wait_for(runner.run(), 60)
             return runner
     finally:
@@ -93,6 +98,28 @@ async def test_burst_mode_computes_everything_in_batches(app_client, ollama):
     calls = await stats(url)
     assert calls["texts"] == 50 and calls["max_batch"] == 16  # batched, each text once
     assert runner.stats.batches == 4
+
+
+async def test_a_batch_is_counted_and_logged_after_its_results_are_posted(app_client, ollama):
+    """The bookkeeping took CPU from the post on the path of an idle request."""
+    client = await app_client()
+    url, _ = ollama
+    queue = client.server.app[QUEUE]
+    events: list[str] = []
+    complete = queue.complete
+
+    async def posted(*args: Any, **kwargs: Any) -> Any:
+        events.append("posted")
+        return await complete(*args, **kwargs)
+
+    queue.complete = posted
+    task_id = await submit(client, ["one", "two", "three"])
+    runner = await run_burst(
+        client, url, batch_size=4, on_batch=lambda *_: events.append("counted")
+    )
+    assert_vectors(await task(client, task_id), ["one", "two", "three"])
+    assert runner.stats.batches == 1
+    assert events == ["posted", "counted"]
 
 
 async def test_busy_backend_is_retried_without_loss_or_duplicates(app_client, ollama):
