@@ -46,3 +46,23 @@ def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
     assert {"server", "worker"} <= results["soak"]["kib_per_1000_requests"].keys()
     assert all({"target", "limit", "measured", "met"} <= t.keys() for t in results["targets"])
     assert "target" in done.stdout and "verdict" in done.stdout
+
+
+def test_the_cold_step_measurement_runs(pg_url: str) -> None:
+    """`python -m bench.cold` (quoted in bench/README): every step timed both ways."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.cold", "--rounds", str(40)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "DATABASE_URL": pg_url},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.rstrip().endswith("x")]
+    assert [row.split("  ")[0] for row in rows] == [
+        "submit statement (1 input)",
+        "SELECT 1",
+        "HTTP round trip (bench/floor.py)",
+    ]
+    assert all(row.count(" ms") == 2 for row in rows)
