@@ -58,6 +58,7 @@ async def measure(db_url: str, floor_url: str, rounds: int) -> list[tuple[str, f
             QUERIES["submit_tasks"],
             [task_id], ["bench"], [fingerprint("bench", "m", 0, [text])], ["m"], [0], [1],
             ["bench"], [task_id], [0], [text], [uuid.uuid4()], ["bench-worker"], 60.0,
+            [False], [None],
         )  # fmt: skip
 
     async def select_one() -> object:

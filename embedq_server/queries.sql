@@ -7,13 +7,17 @@
 -- completed at once. A request given a lease ($11, with its worker $12; NULL for none)
 -- is handed to a claim waiting in this process: its other inputs are stored leased to
 -- that claim ($13: lease seconds), as a claim would have leased them, without one.
+-- A request already handed to that claim before this statement (probe_handed said it may
+-- be: $14 true) is stored as it was handed: its inputs under the ids it gave ($15, per
+-- input; NULL: the next of the sequence), never attached to another task, and (the caller
+-- passes no cache scope for it) never answered from the cache.
 -- Returns one row per request, with the inputs it leased. The caller wakes the claimers
 -- if any input is left pending.
 WITH req AS (
     SELECT *
     FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::integer[],
-                $6::integer[], $7::text[], $11::uuid[], $12::text[])
-         AS r(id, owner, fingerprint, model, dimensions, n_inputs, scope, lease, worker)
+                $6::integer[], $7::text[], $11::uuid[], $12::text[], $14::boolean[])
+         AS r(id, owner, fingerprint, model, dimensions, n_inputs, scope, lease, worker, ahead)
 ), existing AS MATERIALIZED (
     SELECT r.id AS req_id, e.id
     FROM req r
@@ -23,9 +27,11 @@ WITH req AS (
         ORDER BY t.created_at DESC
         LIMIT 1
     ) e
+    WHERE NOT r.ahead
 ), inputs AS (
-    SELECT i.task_id, i.idx, i.input, r.model, r.dimensions, r.scope, r.lease, r.worker
-    FROM unnest($8::uuid[], $9::integer[], $10::text[]) AS i(task_id, idx, input)
+    SELECT i.task_id, i.idx, i.input, i.id, r.model, r.dimensions, r.scope, r.lease, r.worker
+    FROM unnest($8::uuid[], $9::integer[], $10::text[], $15::bigint[])
+         AS i(task_id, idx, input, id)
     JOIN req r ON r.id = i.task_id
     WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.req_id = r.id)
 ), hits AS MATERIALIZED (
@@ -54,10 +60,12 @@ WITH req AS (
     WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.req_id = r.id)
     RETURNING id
 ), items AS (
-    INSERT INTO embedq_item (task_id, idx, model, dimensions, input, state, vector, tokens,
-                             model_revision, completed_at, lease_token, lease_expires,
-                             attempts, worker, claimed_at)
-    SELECT i.task_id, i.idx, i.model, i.dimensions, i.input,
+    INSERT INTO embedq_item (id, task_id, idx, model, dimensions, input, state, vector,
+                             tokens, model_revision, completed_at, lease_token,
+                             lease_expires, attempts, worker, claimed_at)
+    OVERRIDING SYSTEM VALUE
+    SELECT coalesce(i.id, nextval('embedq_item_id_seq')),
+           i.task_id, i.idx, i.model, i.dimensions, i.input,
            CASE WHEN h.idx IS NOT NULL THEN 'completed'
                 WHEN i.lease IS NOT NULL THEN 'processing'
                 ELSE 'pending' END,
@@ -86,6 +94,52 @@ SELECT r.id AS req_id, coalesce(e.id, r.id) AS id, e.id IS NOT NULL AS attached,
 FROM req r
 JOIN counted c ON c.id = r.id
 LEFT JOIN existing e ON e.req_id = r.id;
+
+-- probe_handed --
+-- Before the insert, for requests a claim waiting in this process could take: may they be
+-- handed to it now, before they are stored (the insert then runs while the worker
+-- computes)? Not when the insert might not store them as handed: an identical request by
+-- the same client exists (it would attach to it), or an input is in the result cache
+-- (in any revision). Otherwise, the ids their inputs will be stored under, in input order.
+-- Per request ($1..$5: owner, fingerprint, model, dimensions, cache scope or NULL) and
+-- per input ($6: its request's position in $1, from 1; $7: its text). Reads only; the
+-- cache is probed by primary key, an input at a time, as in submit_tasks.
+WITH req AS (
+    SELECT *
+    FROM unnest($1::text[], $2::bytea[], $3::text[], $4::integer[], $5::text[])
+         WITH ORDINALITY AS r(owner, fingerprint, model, dimensions, scope, ord)
+), inputs AS (
+    SELECT * FROM unnest($6::integer[], $7::text[]) WITH ORDINALITY AS i(ord, input, pos)
+)
+SELECT r.ord,
+       EXISTS (
+           SELECT 1 FROM embedq_task t
+           WHERE t.owner = r.owner AND t.fingerprint = r.fingerprint AND t.failed = 0
+       ) OR EXISTS (
+           SELECT 1
+           FROM inputs i
+           CROSS JOIN LATERAL (
+               SELECT 1 FROM embedq_cache c
+               WHERE c.scope = r.scope AND c.model = r.model AND c.dimensions = r.dimensions
+                 AND c.text_hash = sha256(convert_to(i.input, 'UTF8'))
+               LIMIT 1
+           ) c
+           WHERE i.ord = r.ord AND r.scope IS NOT NULL
+       ) AS blocked,
+       (SELECT array_agg(nextval('embedq_item_id_seq') ORDER BY i.pos)
+        FROM inputs i WHERE i.ord = r.ord) AS ids
+FROM req r
+ORDER BY r.ord;
+
+-- unstored_items --
+-- Of these item ids (results refused under their lease), those given out by the sequence
+-- but not stored: another server process may have handed them to the worker ahead of
+-- their insert (probe_handed), which has not committed yet, so the completion tries them
+-- again shortly. An id the sequence never gave cannot be stored later.
+SELECT coalesce(array_agg(i.id), '{}')
+FROM unnest($1::bigint[]) AS i(id)
+WHERE i.id <= (SELECT last_value FROM embedq_item_id_seq)
+  AND NOT EXISTS (SELECT 1 FROM embedq_item e WHERE e.id = i.id);
 
 -- notify_work --
 -- Tell claimers in other server processes that a model has new pending work. Sent at most

@@ -160,6 +160,8 @@ async def handed_request(queue: Any, texts: list[str]) -> tuple[asyncio.Task[Any
     waiting = asyncio.create_task(queue.submit_and_wait("owner-1", "m", 0, texts, timeout=15))
     claimed: Claim = await asyncio.wait_for(claim_task, GUARD)
     assert sorted(i.input for i in claimed.items) == sorted(texts)
+    # Handed ahead of its insert: the task is known whole to the lease once stored.
+    await wait_until(lambda: _true(claimed.lease in queue._handed._by_lease), timeout=GUARD)
     assert queue._handed._by_lease.keys() == {claimed.lease}
     return waiting, claimed
 

@@ -5,11 +5,12 @@ returns without running it. What does not fit goes pending and is claimed as bef
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import asyncpg
 
-from embedq_server.keys import POOL, QUEUE
+from embedq_server.keys import LISTENER, POOL, QUEUE, SETTINGS
 from embedq_server.queue import Queue
 from embedq_server.records import Claim, WorkerInfo
 
@@ -155,3 +156,149 @@ async def test_a_cancelled_claim_releases_what_was_leased_to_it(app_client):
             break
         await asyncio.sleep(0.02)
     assert [r["state"] for r in rows] == ["pending"]
+
+
+# -- handed ahead: before the insert, when probe_handed allows --------------------------
+
+
+async def insert_blocked(pool: asyncpg.Pool) -> tuple[asyncpg.Connection, Any]:
+    """A transaction holding a lock that stops inserts into embedq_task (reads go on)."""
+    conn = await pool.acquire()
+    tx = conn.transaction()
+    await tx.start()
+    await conn.execute("LOCK TABLE embedq_task IN SHARE MODE")
+    return conn, tx
+
+
+async def test_a_fresh_request_is_handed_before_its_insert_and_stored_as_handed(app_client):
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = setup(client)
+    claim = await waiting_claim(queue)
+    locker, tx = await insert_blocked(pool)
+    try:
+        submit = asyncio.create_task(queue.submit("owner", "m", 0, ["x", "y"]))
+        got = await asyncio.wait_for(claim, GUARD)  # while the insert waits for the lock
+        assert [i.input for i in got.items] == ["x", "y"]
+        assert not submit.done()
+        # Results posted now wait for the insert instead of finding nothing to complete.
+        completing = asyncio.create_task(
+            queue.complete(got.lease, [(i.id, b"\0\0\x80?", 1) for i in got.items])
+        )
+        await asyncio.sleep(0.2)
+        assert not completing.done()
+    finally:
+        await tx.rollback()
+        await pool.release(locker)
+    task_id, attached, finished = await asyncio.wait_for(submit, GUARD)
+    assert (attached, finished) == (False, False)
+    done, _ = await asyncio.wait_for(completing, GUARD)
+    assert sorted(done) == sorted(i.id for i in got.items)  # stored under the ids handed
+    assert {i.task_id for i in got.items} == {task_id}
+    task = await queue.read(task_id)
+    assert task is not None and task.status == "completed"
+    assert queue._inserting == {}
+
+
+async def test_requests_the_insert_might_not_store_as_handed_wait_for_it(app_client):
+    """A cached input or an identical earlier request: the insert decides, as before."""
+    client = await app_client(backstop_interval=20.0, cache="owner")
+    queue, pool = setup(client)
+    await queue.submit("owner", "m", 0, ["seen"])
+    held = await queue.claim(WORKER, ["m"], 8, wait=0)
+    await queue.complete(held.lease, [(held.items[0].id, b"\0\0\x80?", 1)])
+    earlier, _, _ = await queue.submit("owner", "m", 0, ["again"])
+    assert len((await queue.claim(WORKER, ["m"], 8, wait=0)).items) == 1  # computing
+
+    for texts in (["seen", "fresh"], ["again"]):
+        claim = await waiting_claim(queue)
+        locker, tx = await insert_blocked(pool)
+        try:
+            submit = asyncio.create_task(queue.submit("owner", "m", 0, texts))
+            await asyncio.sleep(0.3)
+            assert not claim.done()  # not handed ahead
+        finally:
+            await tx.rollback()
+            await pool.release(locker)
+        task_id, attached, _ = await asyncio.wait_for(submit, GUARD)
+        if texts == ["again"]:
+            assert attached and task_id == earlier  # attached to the earlier request
+            await asyncio.sleep(0.1)
+            assert not claim.done()  # and nothing was given to the claim
+            claim.cancel()
+            continue
+        got = await asyncio.wait_for(claim, GUARD)
+        assert [i.input for i in got.items] == ["fresh"]  # "seen" came from the cache
+        await queue.complete(got.lease, [(i.id, b"\0\0\x80?", 1) for i in got.items])
+
+
+async def test_the_insert_goes_once_the_claim_handed_ahead_has_answered(app_client):
+    """Sent first, the insert delayed the claim's answer and took the CPU from the worker
+    starting its backend call (bench/README)."""
+    client = await app_client(backstop_interval=20.0)
+    queue, _ = setup(client)
+    claim = await waiting_claim(queue)
+    answered_before_insert: list[bool] = []
+    insert = queue._insert_group
+
+    async def watched(*args: Any) -> Any:
+        answered_before_insert.append(claim.done())
+        return await insert(*args)
+
+    queue._insert_group = watched  # type: ignore[method-assign]
+    await queue.submit("owner", "m", 0, ["z"])
+    assert (await asyncio.wait_for(claim, GUARD)).items
+    assert answered_before_insert == [True]
+
+
+async def test_results_that_reach_another_process_before_the_insert_are_stored(app_client):
+    """The worker may post to another server process (one address, several processes)
+    before the insert of inputs handed to it ahead commits: they are tried again."""
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = setup(client)
+    app = client.server.app
+    other = Queue(pool, app[LISTENER], app[SETTINGS])  # another process: knows no lease
+    claim = await waiting_claim(queue)
+    locker, tx = await insert_blocked(pool)
+    try:
+        submit = asyncio.create_task(queue.submit("owner", "m", 0, ["p", "q"]))
+        got = await asyncio.wait_for(claim, GUARD)
+        posting = asyncio.create_task(
+            other.complete(got.lease, [(i.id, b"\0\0\x80?", 1) for i in got.items])
+        )
+        await asyncio.sleep(0.2)
+        assert not posting.done()  # refused while unstored, and trying again
+    finally:
+        await tx.rollback()
+        await pool.release(locker)
+    task_id, _, _ = await asyncio.wait_for(submit, GUARD)
+    done, _ = await asyncio.wait_for(posting, GUARD)
+    assert sorted(done) == sorted(i.id for i in got.items)
+    task = await queue.read(task_id)
+    assert task is not None and task.status == "completed"
+
+
+async def test_results_for_inputs_never_stored_are_refused_in_the_end(app_client, monkeypatch):
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = setup(client)
+    monkeypatch.setattr("embedq_server.queue.UNSTORED_WAIT", 0.2)
+    tries: list[int] = []
+    once = queue._complete_once
+
+    async def counted(*args: Any) -> Any:
+        tries.append(1)
+        return await once(*args)
+
+    queue._complete_once = counted  # type: ignore[method-assign]
+    # An id the sequence gave out whose input is not stored (as if its insert failed):
+    # tried again until UNSTORED_WAIT, then refused.
+    await queue.submit("owner", "m", 0, ["to be gone"])
+    unstored = await pool.fetchval("SELECT last_value FROM embedq_item_id_seq")
+    await pool.execute("DELETE FROM embedq_item WHERE id = $1", unstored)
+    lease = str(uuid.uuid4())
+    done, failed = await asyncio.wait_for(queue.complete(lease, [(unstored, b"1234", 1)]), GUARD)
+    assert (done, failed) == ([], []) and len(tries) > 1
+    # An id the sequence never gave out: refused at once.
+    tries.clear()
+    never = unstored + 10**6
+    done, failed = await asyncio.wait_for(queue.complete(lease, [(never, b"1234", 1)]), GUARD)
+    assert (done, failed) == ([], []) and tries == [1]

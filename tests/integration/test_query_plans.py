@@ -91,3 +91,34 @@ async def test_metrics_scrape_reads_only_the_queue_not_the_stored_results(db_url
     assert "Seq Scan on embedq_item" not in plan, plan
     queue = json.loads(snapshot["queue"])
     assert [(r["model"], r["state"], r["items"]) for r in queue] == [("m", "pending", ROWS // 100)]
+
+
+async def test_the_hand_ahead_probe_reads_by_index_without_statistics(db_url: str) -> None:
+    """probe_handed runs on the path of a request an idle worker waits for."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            """INSERT INTO embedq_cache (scope, model, dimensions, text_hash, vector, tokens)
+               SELECT '', 'm', 0, sha256(i::text::bytea), '\\x00000000'::bytea, 1
+               FROM generate_series(1, $1) i""",
+            ROWS,
+        )
+        await conn.execute(
+            """INSERT INTO embedq_task (id, owner, fingerprint, model, dimensions, n_inputs,
+                                        remaining)
+               SELECT gen_random_uuid(), 'o', sha256(i::text::bytea), 'm', 0, 1, 1
+               FROM generate_series(1, $1) i""",
+            ROWS,
+        )
+        plan = await generic_plan(
+            conn,
+            "probe_handed",
+            "(text[], bytea[], text[], integer[], text[], integer[], text[])",
+            "(ARRAY['o'], ARRAY['\\x00'::bytea], ARRAY['m'], ARRAY[0], ARRAY[''], ARRAY[1],"
+            " ARRAY['x'])",
+        )
+    finally:
+        await conn.close()
+    assert "embedq_cache_pkey" in plan and "embedq_task_fingerprint_idx" in plan, plan
+    assert "Seq Scan on embedq_cache" not in plan, plan
+    assert "Seq Scan on embedq_task" not in plan, plan
