@@ -227,16 +227,30 @@ class Queue:
         if not matched:
             return {}
         subs = [group[k] for k in matched]
-        rows = await self.pool.fetch(
-            QUERIES["probe_handed"],
-            [s.owner for s in subs],
-            [s.fingerprint for s in subs],
-            [s.model for s in subs],
-            [s.dimensions for s in subs],
-            [s.scope for s in subs],
-            [n for n, s in enumerate(subs, start=1) for _ in s.inputs],
-            [text for s in subs for text in s.inputs],
-        )
+        if len(subs) == 1:  # an idle server's case
+            one = subs[0]
+            rows = [
+                await self.pool.fetchrow(
+                    QUERIES["probe_request"],
+                    one.owner,
+                    one.fingerprint,
+                    one.model,
+                    one.dimensions,
+                    one.scope,
+                    list(one.inputs),
+                )
+            ]
+        else:
+            rows = await self.pool.fetch(
+                QUERIES["probe_handed"],
+                [s.owner for s in subs],
+                [s.fingerprint for s in subs],
+                [s.model for s in subs],
+                [s.dimensions for s in subs],
+                [s.scope for s in subs],
+                [n for n, s in enumerate(subs, start=1) for _ in s.inputs],
+                [text for s in subs for text in s.inputs],
+            )
         blocked = {offers[k] for k, row in zip(matched, rows, strict=True) if row["blocked"]}
         ahead = {
             k: list(row["ids"])

@@ -302,3 +302,29 @@ async def test_results_for_inputs_never_stored_are_refused_in_the_end(app_client
     never = unstored + 10**6
     done, failed = await asyncio.wait_for(queue.complete(lease, [(never, b"1234", 1)]), GUARD)
     assert (done, failed) == ([], []) and tries == [1]
+
+
+async def test_requests_arriving_together_are_handed_ahead_together(app_client):
+    """Several requests matched to one claim in one group: probe_handed (the general
+    statement) decides for all of them; one cached input sends the whole claim the old
+    way."""
+    client = await app_client(backstop_interval=20.0, cache="owner")
+    queue, pool = setup(client)
+    await queue.submit("owner", "m", 0, ["known"])
+    held = await queue.claim(WORKER, ["m"], 8, wait=0)
+    await queue.complete(held.lease, [(held.items[0].id, b"\0\0\x80?", 1)])
+
+    for texts, ahead in ((["a1", "a2"], True), (["b1", "known"], False)):
+        claim = await waiting_claim(queue)
+        locker, tx = await insert_blocked(pool)
+        try:
+            submits = [asyncio.create_task(queue.submit("owner", "m", 0, [t])) for t in texts]
+            await asyncio.sleep(0.3)
+            assert claim.done() == ahead
+        finally:
+            await tx.rollback()
+            await pool.release(locker)
+        await asyncio.wait_for(asyncio.gather(*submits), GUARD)
+        got = await asyncio.wait_for(claim, GUARD)
+        assert sorted(i.input for i in got.items) == sorted(t for t in texts if t != "known")
+        await queue.complete(got.lease, [(i.id, b"\0\0\x80?", 1) for i in got.items])
