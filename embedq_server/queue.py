@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -22,6 +21,7 @@ from . import metrics
 from .claimfloor import ClaimFloors
 from .grouping import Grouped
 from .handed import HandedTasks
+from .handoff import HandOff, Offer, Submission
 from .inhand import VectorsInHand
 from .listener import Listener
 from .outage import DATABASE_DOWN, TaskUnreachable
@@ -34,7 +34,6 @@ from .records import (
     claimed_from_row,
     fingerprint,
     task_with_results,
-    untouched_task,
 )
 from .settings import MAINTENANCE_BATCH, Settings
 from .sql import QUERIES
@@ -48,38 +47,8 @@ WORK_NOTIFY_INTERVAL = 0.02  # seconds: at most one cross-process "new work" NOT
 SUBMITS_IN_FLIGHT = 2  # group inserts at once: one commits while the next group gathers
 DOWN_RETRY = 0.5  # seconds between re-reads of a waited-for task while the database is down
 ANSWER_FIRST_WAIT = 0.005  # seconds a completion waits for the answers it sent ahead
-CLAIM_ANSWER_WAIT = 0.005  # seconds an insert waits for the claims handed ahead to answer
 UNSTORED_WAIT = 0.5  # seconds results for inputs not stored yet are tried again (complete)
 UNSTORED_RETRY = 0.01  # seconds before the first try again, doubling
-
-
-@dataclass(frozen=True, slots=True)
-class _Submission:
-    """One request on its way into the next group insert."""
-
-    task_id: uuid.UUID
-    owner: str
-    fingerprint: bytes
-    model: str
-    dimensions: int
-    inputs: Sequence[str]
-    scope: str | None  # result-cache scope; None: the cache is off
-
-
-@dataclass(eq=False)
-class _Offer:
-    """A claim waiting for work in this process. The next submit of one of its models may
-    store its inputs leased to it directly, saving the claim statement and a wake-up."""
-
-    models: frozenset[str]
-    max_items: int
-    lease: uuid.UUID
-    worker: str
-    items: asyncio.Future[list[ClaimedItem]]  # what a submit leased to it ([]: nothing)
-    taken: bool = False  # a submit is storing inputs for it
-    key: tuple[str, int] | None = None  # the (model, dimensions) it was given
-    given: int = 0  # inputs given so far
-    answered: asyncio.Future[None] | None = None  # handed ahead: set as the claim answers
 
 
 class Queue:
@@ -95,12 +64,11 @@ class Queue:
         self._work_notified: dict[str, float] = {}  # model -> when work was last announced
         self._work_trailing: set[str] = set()  # models with a trailing announcement due
         self._background: set[asyncio.Task[None]] = set()
-        self._offers: list[_Offer] = []  # claims waiting here, in arrival order
         self._handed = HandedTasks(settings.lease_seconds)  # tasks handed whole to an offer
+        self._handoff = HandOff(pool, self._handed)  # claims waiting here
         self._floors = ClaimFloors()  # where claims start looking for pending inputs
         self._in_hand = VectorsInHand(settings.lease_seconds)  # of tasks split over batches
         self._answering: dict[str, asyncio.Future[None]] = {}  # see _answer_first
-        self._inserting: dict[str, asyncio.Future[None]] = {}  # lease -> handed ahead, see _stored
         self._submits = Grouped(
             self._submit_group,
             "submit-tasks",
@@ -139,7 +107,7 @@ class Queue:
         instead of computed again; inputs found in the cache are stored completed."""
         task_id = task_id or str(uuid.uuid4())
         row = await self._submits(
-            _Submission(
+            Submission(
                 uuid.UUID(task_id),
                 owner,
                 fingerprint(owner, model, dimensions, inputs),
@@ -160,158 +128,27 @@ class Queue:
             self.announce_work(model)
         return task_id, False, hits == len(inputs)
 
-    async def _submit_group(self, group: list[_Submission]) -> list[asyncpg.Record]:
+    async def _submit_group(self, group: list[Submission]) -> list[asyncpg.Record]:
         """One statement (one commit) for the requests that arrived together; requests
         that fit a claim waiting here are stored leased to it, and handed to it before
-        that statement when probe_handed allows (see _hand_ahead)."""
-        offers = self._match_offers(group)
+        that statement when the probe allows (see handoff.py)."""
+        offers = self._handoff.match(group)
         ahead: dict[int, list[int]] = {}
         try:
             try:
-                ahead = await self._hand_ahead(group, offers)
-                if ahead:
-                    await self._claims_answered({offers[k] for k in ahead})
+                ahead = await self._handoff.ahead(group, offers)
                 rows = await self._insert_group(group, offers, ahead)
             except BaseException:
-                for taken in {o for o in offers if o is not None and not o.items.done()}:
-                    taken.items.set_result([])  # the claim looks again itself
+                self._handoff.failed(offers)
                 raise
-            return self._give_to_offers(group, offers, rows)
+            return self._handoff.give(group, offers, rows)
         finally:
-            for k in ahead:  # stored (or failed): their results, hand-backs may go on
-                offer = offers[k]
-                stored = self._inserting.pop(str(offer.lease), None) if offer else None
-                if stored is not None and not stored.done():
-                    stored.set_result(None)
-
-    def _give_to_offers(
-        self, group: list[_Submission], offers: list[_Offer | None], rows: list[asyncpg.Record]
-    ) -> list[asyncpg.Record]:
-        by_request = {row["req_id"]: row for row in rows}
-        given: dict[_Offer, list[ClaimedItem]] = {o: [] for o in offers if o is not None}
-        for sub, match in zip(group, offers, strict=True):
-            row = by_request[sub.task_id]
-            if match is None or not row["leased_ids"]:
-                continue
-            given[match] += [
-                ClaimedItem(
-                    item_id, str(sub.task_id), sub.inputs[idx], sub.model, sub.dimensions, 1
-                )
-                for item_id, idx in zip(row["leased_ids"], row["leased_idx"], strict=True)
-            ]
-            if len(row["leased_ids"]) == len(sub.inputs):
-                task = untouched_task(
-                    str(sub.task_id),
-                    sub.owner,
-                    sub.model,
-                    sub.dimensions,
-                    len(sub.inputs),
-                    row["created_at"],
-                )
-                self._handed.add(str(match.lease), task, row["leased_ids"], row["leased_idx"])
-        for offer, items in given.items():
-            if not offer.items.done():  # else handed ahead, with these very items
-                offer.items.set_result(sorted(items, key=lambda i: i.id))
-        return [by_request[s.task_id] for s in group]
-
-    async def _hand_ahead(
-        self, group: list[_Submission], offers: list[_Offer | None]
-    ) -> dict[int, list[int]]:
-        """Hand requests to the claims they were matched with before the insert, so the
-        worker computes while it runs: the insert on the path of an idle request took
-        ~1.2 ms, the read-only probe that allows this ~0.4 (bench/README). A claim is
-        handed ahead only if every request matched to it may go (probe_handed); the others
-        are handed after the insert as before. Returns, by position in `group`, the ids
-        the requests handed ahead must be stored under."""
-        matched = [k for k, offer in enumerate(offers) if offer is not None]
-        if not matched:
-            return {}
-        subs = [group[k] for k in matched]
-        if len(subs) == 1:  # an idle server's case
-            one = subs[0]
-            rows = [
-                await self.pool.fetchrow(
-                    QUERIES["probe_request"],
-                    one.owner,
-                    one.fingerprint,
-                    one.model,
-                    one.dimensions,
-                    one.scope,
-                    list(one.inputs),
-                )
-            ]
-        else:
-            rows = await self.pool.fetch(
-                QUERIES["probe_handed"],
-                [s.owner for s in subs],
-                [s.fingerprint for s in subs],
-                [s.model for s in subs],
-                [s.dimensions for s in subs],
-                [s.scope for s in subs],
-                [n for n, s in enumerate(subs, start=1) for _ in s.inputs],
-                [text for s in subs for text in s.inputs],
-            )
-        blocked = {offers[k] for k, row in zip(matched, rows, strict=True) if row["blocked"]}
-        ahead = {
-            k: list(row["ids"])
-            for k, row in zip(matched, rows, strict=True)
-            if offers[k] not in blocked
-        }
-        handed: dict[_Offer, list[ClaimedItem]] = {}
-        for k, ids in ahead.items():
-            sub, offer = group[k], offers[k]
-            assert offer is not None
-            handed.setdefault(offer, []).extend(
-                ClaimedItem(item_id, str(sub.task_id), text, sub.model, sub.dimensions, 1)
-                for item_id, text in zip(ids, sub.inputs, strict=True)
-            )
-        loop = asyncio.get_running_loop()
-        for offer, items in handed.items():
-            self._inserting[str(offer.lease)] = loop.create_future()
-            offer.answered = loop.create_future()
-            offer.items.set_result(sorted(items, key=lambda i: i.id))
-        return ahead
-
-    async def _claims_answered(self, offers: set[_Offer | None]) -> None:
-        """Send the insert once the claims handed ahead have written their answers (at
-        most CLAIM_ANSWER_WAIT): sent first, it delayed them and competed with the worker
-        for the CPU while the worker started its backend call."""
-        waiting = [o.answered for o in offers if o is not None and o.answered is not None]
-        if waiting:
-            await asyncio.wait(waiting, timeout=CLAIM_ANSWER_WAIT)
-
-    async def _stored(self, lease: str) -> None:
-        """Inputs handed to this lease ahead of their insert: wait until it has run (its
-        results, a hand-back or a heartbeat must find them stored)."""
-        inserting = self._inserting.get(lease)
-        if inserting is not None:
-            await asyncio.shield(inserting)
-
-    def _match_offers(self, group: list[_Submission]) -> list[_Offer | None]:
-        """Give each request to the first waiting claim of its model that has room for all
-        its inputs (one model and one dimensions per claim); None: it goes pending."""
-        matched: list[_Offer | None] = []
-        for sub in group:
-            found = None
-            for offer in self._offers:
-                fits = offer.given + len(sub.inputs) <= offer.max_items
-                same = offer.key is None or offer.key == (sub.model, sub.dimensions)
-                if sub.model in offer.models and fits and same:
-                    found = offer
-                    break
-            if found is not None:
-                found.taken = True
-                found.key = (sub.model, sub.dimensions)
-                found.given += len(sub.inputs)
-            matched.append(found)
-        if any(m is not None for m in matched):
-            self._offers = [o for o in self._offers if not o.taken]
-        return matched
+            self._handoff.settled(offers, ahead)
 
     async def _insert_group(
         self,
-        group: list[_Submission],
-        offers: list[_Offer | None],
+        group: list[Submission],
+        offers: list[Offer | None],
         ahead: dict[int, list[int]],
     ) -> list[asyncpg.Record]:
         ids: list[list[int | None]] = [
@@ -517,9 +354,7 @@ class Queue:
     ) -> list[ClaimedItem]:
         """Wait for new work, offering this claim to the submits meanwhile: what a submit
         leased to it directly is returned; [] means look again."""
-        loop = asyncio.get_running_loop()
-        offer = _Offer(frozenset(models), max_items, lease, worker.name, loop.create_future())
-        self._offers.append(offer)
+        offer = self._handoff.offer(models, max_items, lease, worker.name)
         announced = asyncio.ensure_future(signal.wait())
         either: list[asyncio.Future[Any]] = [announced, offer.items]
         try:
@@ -528,8 +363,7 @@ class Queue:
                 return []
             # A submit is storing inputs for this claim: its answer decides.
             items = await asyncio.shield(offer.items)
-            if offer.answered is not None and not offer.answered.done():
-                offer.answered.set_result(None)  # answered in this turn: the insert may go
+            offer.answering()
             return items
         except asyncio.CancelledError:
             if offer.taken:  # what is leased to it goes back once the insert is done
@@ -537,8 +371,7 @@ class Queue:
             raise
         finally:
             announced.cancel()
-            if not offer.taken:
-                self._offers.remove(offer)
+            self._handoff.withdraw(offer)
 
     def _release_orphaned(self, lease: str) -> Callable[[asyncio.Future[list[ClaimedItem]]], None]:
         """Inputs leased to a claim that was cancelled meanwhile go back at once."""
@@ -577,7 +410,7 @@ class Queue:
     async def heartbeat(self, lease: str, worker: WorkerInfo) -> int:
         """Extend the lease; return how many inputs it still holds (0: lost)."""
         await self.touch_worker(worker)
-        await self._stored(lease)
+        await self._handoff.stored(lease)
         rows = await self.pool.fetch(
             QUERIES["extend_lease"], uuid.UUID(lease), self.settings.lease_seconds
         )
@@ -598,7 +431,7 @@ class Queue:
         Inputs another server process handed this lease ahead of its insert may not be
         stored yet when their results arrive here: results refused for inputs that do not
         exist at all are tried again for up to UNSTORED_WAIT seconds."""
-        await self._stored(lease)
+        await self._handoff.stored(lease)
         done, failed = await self._complete_once(lease, results, failures, model_revision)
         pause, deadline = UNSTORED_RETRY, time.monotonic() + UNSTORED_WAIT
         while True:
@@ -709,7 +542,7 @@ class Queue:
             self._revisions[model] = revision
 
     async def release(self, lease: str, ids: Sequence[int]) -> list[int]:
-        await self._stored(lease)
+        await self._handoff.stored(lease)
         self._handed.forget(lease)
         row = await self.pool.fetchrow(QUERIES["release_items"], uuid.UUID(lease), list(ids))
         if row["ids"]:

@@ -156,7 +156,7 @@ GUARD = 10.0  # seconds: a broken path fails here instead of hanging the suite
 async def handed_request(queue: Any, texts: list[str]) -> tuple[asyncio.Task[Any], Claim]:
     """A claim waiting in the queue, then a request it is handed whole."""
     claim_task = asyncio.create_task(queue.claim(HANDED, ["m"], 8, wait=15))
-    await wait_until(lambda: _true(bool(queue._offers)), timeout=GUARD)
+    await wait_until(lambda: _true(bool(len(queue._handoff))), timeout=GUARD)
     waiting = asyncio.create_task(queue.submit_and_wait("owner-1", "m", 0, texts, timeout=15))
     claimed: Claim = await asyncio.wait_for(claim_task, GUARD)
     assert sorted(i.input for i in claimed.items) == sorted(texts)
@@ -218,7 +218,7 @@ async def test_the_completion_statement_waits_until_the_early_answer_is_written(
 
     monkeypatch.setattr(openai_api, "answer", watched_answer)
     claim_task = asyncio.create_task(queue.claim(HANDED, ["m"], 8, wait=15))
-    await wait_until(lambda: _true(bool(queue._offers)), timeout=GUARD)
+    await wait_until(lambda: _true(bool(len(queue._handoff))), timeout=GUARD)
     request = asyncio.create_task(
         client.post("/v1/embeddings", json={"model": "m", "input": "delta"}, headers=CLIENT)
     )

@@ -40,7 +40,7 @@ async def waiting_claim(queue: Queue, max_items: int = 8, **kw: Any) -> asyncio.
     """A claim that found nothing and now waits (its offer is registered)."""
     claim = asyncio.create_task(queue.claim(WORKER, ["m"], max_items, wait=15, **kw))
     for _ in range(200):
-        if queue._offers:
+        if len(queue._handoff):
             return claim
         await asyncio.sleep(0.01)
     raise AssertionError("the claim never started waiting")
@@ -64,7 +64,7 @@ async def test_a_waiting_claim_gets_the_next_submit_without_a_claim_statement(ap
         task_id,
     )
     assert [tuple(r) for r in rows] == [("processing", got.lease, 1, "w-handoff", True, True)] * 2
-    assert queue._offers == []
+    assert len(queue._handoff) == 0
     # The lease works as any other: the results complete the task.
     done, _ = await queue.complete(got.lease, [(i.id, b"\0\0\x80?", 1) for i in got.items])
     assert sorted(done) == sorted(i.id for i in got.items)
@@ -145,7 +145,7 @@ async def test_a_cancelled_claim_releases_what_was_leased_to_it(app_client):
     submit = asyncio.create_task(queue.submit("owner", "m", 0, ["x"]))
     # Cancel the claim the moment its offer is taken, while the insert is in flight.
     for _ in range(1000):
-        if not queue._offers:
+        if not len(queue._handoff):
             break
         await asyncio.sleep(0)
     claim.cancel()
@@ -196,7 +196,7 @@ async def test_a_fresh_request_is_handed_before_its_insert_and_stored_as_handed(
     assert {i.task_id for i in got.items} == {task_id}
     task = await queue.read(task_id)
     assert task is not None and task.status == "completed"
-    assert queue._inserting == {}
+    assert queue._handoff._inserting == {}
 
 
 async def test_requests_the_insert_might_not_store_as_handed_wait_for_it(app_client):
