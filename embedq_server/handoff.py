@@ -2,13 +2,14 @@
 
 A claim that found nothing pending waits here as an offer. The next submit of one of its
 models stores its inputs leased to that claim, as the claim statement would have, saving
-that statement and a wake-up. When a read-only probe allows it (no identical earlier
-request to attach to, no input in the result cache), the inputs are handed over before
-that insert, under ids taken from the item sequence, and the insert runs while the worker
-computes: it took the insert (1.2-1.6 ms after the pause of an idle request) off that
-request's path. Results, hand-backs and heartbeats for such a lease wait for its insert
-(`stored`); results that reach another server process first are tried again there
-(Queue.complete).
+that statement and a wake-up. A request that is the only one of its group matched to a
+claim (an idle server's case) is handed over before that insert when a read-only probe
+allows it (no identical earlier request to attach to, no input in the result cache),
+under ids taken from the item sequence, and the insert runs while the worker computes:
+it took the insert (1.2-1.6 ms after the pause of an idle request) off that request's
+path. Results, hand-backs and
+heartbeats for such a lease wait for its insert (`stored`); results that reach another
+server process first are tried again there (Queue.complete).
 """
 
 from __future__ import annotations
@@ -108,64 +109,43 @@ class HandOff:
     async def ahead(
         self, group: list[Submission], offers: list[Offer | None]
     ) -> dict[int, list[int]]:
-        """Hand requests to the claims they were matched with before the insert. A claim
-        is handed ahead only if every request matched to it may go (the probe); the
-        others are handed after the insert (`give`). Returns, by position in `group`, the
-        ids the requests handed ahead must be stored under, once their claims have
-        answered (at most CLAIM_ANSWER_WAIT): an insert sent first delayed the claim's
-        answer and competed with the worker for the CPU as it started its backend call."""
+        """Hand a request to the claim it was matched with before the insert, when it is
+        the one request of its group matched (an idle server's case: under load the
+        probe would be one more statement per group, for latency nobody waits on) and the
+        probe allows it; the others are handed after the insert (`give`). Returns, by
+        position in `group`, the ids a request handed ahead must be stored under, once
+        its claim has answered (at most CLAIM_ANSWER_WAIT): an insert sent first delayed
+        the claim's answer and competed with the worker for the CPU as it started its
+        backend call."""
         matched = [k for k, offer in enumerate(offers) if offer is not None]
-        if not matched:
+        if len(matched) != 1:
             return {}
-        rows = await self._probe([group[k] for k in matched])
-        blocked = {offers[k] for k, row in zip(matched, rows, strict=True) if row["blocked"]}
-        ahead = {
-            k: list(row["ids"])
-            for k, row in zip(matched, rows, strict=True)
-            if offers[k] not in blocked
-        }
-        handed: dict[Offer, list[ClaimedItem]] = {}
-        for k, ids in ahead.items():
-            sub, offer = group[k], offers[k]
-            assert offer is not None
-            handed.setdefault(offer, []).extend(
+        k = matched[0]
+        sub, offer = group[k], offers[k]
+        assert offer is not None
+        row = await self._pool.fetchrow(
+            QUERIES["probe_request"],
+            sub.owner,
+            sub.fingerprint,
+            sub.model,
+            sub.dimensions,
+            sub.scope,
+            list(sub.inputs),
+        )
+        if row["blocked"]:
+            return {}
+        ids: list[int] = list(row["ids"])
+        loop = asyncio.get_running_loop()
+        self._inserting[str(offer.lease)] = loop.create_future()
+        offer.answered = loop.create_future()
+        offer.items.set_result(
+            [
                 ClaimedItem(item_id, str(sub.task_id), text, sub.model, sub.dimensions, 1)
                 for item_id, text in zip(ids, sub.inputs, strict=True)
-            )
-        loop = asyncio.get_running_loop()
-        for offer, items in handed.items():
-            self._inserting[str(offer.lease)] = loop.create_future()
-            offer.answered = loop.create_future()
-            offer.items.set_result(sorted(items, key=lambda i: i.id))
-        answering = [o.answered for o in handed if o.answered is not None]
-        if answering:
-            await asyncio.wait(answering, timeout=CLAIM_ANSWER_WAIT)
-        return ahead
-
-    async def _probe(self, subs: list[Submission]) -> list[asyncpg.Record]:
-        if len(subs) == 1:  # an idle server's case: a statement planned once
-            one = subs[0]
-            row = await self._pool.fetchrow(
-                QUERIES["probe_request"],
-                one.owner,
-                one.fingerprint,
-                one.model,
-                one.dimensions,
-                one.scope,
-                list(one.inputs),
-            )
-            return [row]
-        rows: list[asyncpg.Record] = await self._pool.fetch(
-            QUERIES["probe_handed"],
-            [s.owner for s in subs],
-            [s.fingerprint for s in subs],
-            [s.model for s in subs],
-            [s.dimensions for s in subs],
-            [s.scope for s in subs],
-            [n for n, s in enumerate(subs, start=1) for _ in s.inputs],
-            [text for s in subs for text in s.inputs],
+            ]
         )
-        return rows
+        await asyncio.wait([offer.answered], timeout=CLAIM_ANSWER_WAIT)
+        return {k: ids}
 
     def give(
         self, group: list[Submission], offers: list[Offer | None], rows: list[asyncpg.Record]

@@ -7,7 +7,7 @@
 -- completed at once. A request given a lease ($11, with its worker $12; NULL for none)
 -- is handed to a claim waiting in this process: its other inputs are stored leased to
 -- that claim ($13: lease seconds), as a claim would have leased them, without one.
--- A request already handed to that claim before this statement (probe_handed said it may
+-- A request already handed to that claim before this statement (probe_request said it may
 -- be: $14 true) is stored as it was handed: its inputs under the ids it gave ($15, per
 -- input; NULL: the next of the sequence), never attached to another task, and (the caller
 -- passes no cache scope for it) never answered from the cache.
@@ -95,47 +95,17 @@ FROM req r
 JOIN counted c ON c.id = r.id
 LEFT JOIN existing e ON e.req_id = r.id;
 
--- probe_handed --
--- Before the insert, for requests a claim waiting in this process could take: may they be
--- handed to it now, before they are stored (the insert then runs while the worker
--- computes)? Not when the insert might not store them as handed: an identical request by
--- the same client exists (it would attach to it), or an input is in the result cache
--- (in any revision). Otherwise, the ids their inputs will be stored under, in input order.
--- Per request ($1..$5: owner, fingerprint, model, dimensions, cache scope or NULL) and
--- per input ($6: its request's position in $1, from 1; $7: its text). Reads only; the
--- cache is probed by primary key, an input at a time, as in submit_tasks.
-WITH req AS (
-    SELECT *
-    FROM unnest($1::text[], $2::bytea[], $3::text[], $4::integer[], $5::text[])
-         WITH ORDINALITY AS r(owner, fingerprint, model, dimensions, scope, ord)
-), inputs AS (
-    SELECT * FROM unnest($6::integer[], $7::text[]) WITH ORDINALITY AS i(ord, input, pos)
-)
-SELECT r.ord,
-       EXISTS (
-           SELECT 1 FROM embedq_task t
-           WHERE t.owner = r.owner AND t.fingerprint = r.fingerprint AND t.failed = 0
-       ) OR EXISTS (
-           SELECT 1
-           FROM inputs i
-           CROSS JOIN LATERAL (
-               SELECT 1 FROM embedq_cache c
-               WHERE c.scope = r.scope AND c.model = r.model AND c.dimensions = r.dimensions
-                 AND c.text_hash = sha256(convert_to(i.input, 'UTF8'))
-               LIMIT 1
-           ) c
-           WHERE i.ord = r.ord AND r.scope IS NOT NULL
-       ) AS blocked,
-       (SELECT array_agg(nextval('embedq_item_id_seq') ORDER BY i.pos)
-        FROM inputs i WHERE i.ord = r.ord) AS ids
-FROM req r
-ORDER BY r.ord;
-
 -- probe_request --
--- probe_handed for one request ($1..$5 as there, one value each; $6: its inputs), the
--- idle case: a plain statement that PostgreSQL plans once per connection (the general
--- one, planned for its arrays' lengths on every run, took 0.85 ms after an idle pause
--- against 0.55 for this one: bench/cold.py's measure).
+-- Before the insert, for a request a claim waiting in this process could take: may it
+-- be handed to it now, before it is stored (the insert then runs while the worker
+-- computes)? Not when the insert might not store it as handed: an identical request by
+-- the same client exists (it would attach to it), or an input is in the result cache (in
+-- any revision). Otherwise, the ids its inputs will be stored under, in input order.
+-- $1..$5: owner, fingerprint, model, dimensions, cache scope or NULL; $6: its inputs.
+-- Reads only; the cache is probed by primary key, an input at a time, as in
+-- submit_tasks. A plain statement, planned once per connection: one taking arrays of
+-- requests was planned afresh for their lengths on every run (0.85-0.95 ms after an
+-- idle pause, against 0.46-0.57 for this one).
 SELECT EXISTS (
            SELECT 1 FROM embedq_task t
            WHERE t.owner = $1 AND t.fingerprint = $2 AND t.failed = 0
@@ -156,7 +126,7 @@ SELECT EXISTS (
 -- unstored_items --
 -- Of these item ids (results refused under their lease), those given out by the sequence
 -- but not stored: another server process may have handed them to the worker ahead of
--- their insert (probe_handed), which has not committed yet, so the completion tries them
+-- their insert (probe_request), which has not committed yet, so the completion tries them
 -- again shortly. An id the sequence never gave cannot be stored later.
 SELECT coalesce(array_agg(i.id), '{}')
 FROM unnest($1::bigint[]) AS i(id)

@@ -158,7 +158,7 @@ async def test_a_cancelled_claim_releases_what_was_leased_to_it(app_client):
     assert [r["state"] for r in rows] == ["pending"]
 
 
-# -- handed ahead: before the insert, when probe_handed allows --------------------------
+# -- handed ahead: before the insert, when probe_request allows -------------------------
 
 
 async def insert_blocked(pool: asyncpg.Pool) -> tuple[asyncpg.Connection, Any]:
@@ -304,27 +304,20 @@ async def test_results_for_inputs_never_stored_are_refused_in_the_end(app_client
     assert (done, failed) == ([], []) and tries == [1]
 
 
-async def test_requests_arriving_together_are_handed_ahead_together(app_client):
-    """Several requests matched to one claim in one group: probe_handed (the general
-    statement) decides for all of them; one cached input sends the whole claim the old
-    way."""
-    client = await app_client(backstop_interval=20.0, cache="owner")
+async def test_requests_arriving_together_are_handed_after_their_insert(app_client):
+    """Several requests matched to one claim in one group (a busy server): no probe, one
+    statement per group as before; the claim gets them all once they are stored."""
+    client = await app_client(backstop_interval=20.0)
     queue, pool = setup(client)
-    await queue.submit("owner", "m", 0, ["known"])
-    held = await queue.claim(WORKER, ["m"], 8, wait=0)
-    await queue.complete(held.lease, [(held.items[0].id, b"\0\0\x80?", 1)])
-
-    for texts, ahead in ((["a1", "a2"], True), (["b1", "known"], False)):
-        claim = await waiting_claim(queue)
-        locker, tx = await insert_blocked(pool)
-        try:
-            submits = [asyncio.create_task(queue.submit("owner", "m", 0, [t])) for t in texts]
-            await asyncio.sleep(0.3)
-            assert claim.done() == ahead
-        finally:
-            await tx.rollback()
-            await pool.release(locker)
-        await asyncio.wait_for(asyncio.gather(*submits), GUARD)
-        got = await asyncio.wait_for(claim, GUARD)
-        assert sorted(i.input for i in got.items) == sorted(t for t in texts if t != "known")
-        await queue.complete(got.lease, [(i.id, b"\0\0\x80?", 1) for i in got.items])
+    claim = await waiting_claim(queue)
+    locker, tx = await insert_blocked(pool)
+    try:
+        submits = [asyncio.create_task(queue.submit("owner", "m", 0, [t])) for t in ("a", "b")]
+        await asyncio.sleep(0.3)
+        assert not claim.done()
+    finally:
+        await tx.rollback()
+        await pool.release(locker)
+    await asyncio.wait_for(asyncio.gather(*submits), GUARD)
+    got = await asyncio.wait_for(claim, GUARD)
+    assert sorted(i.input for i in got.items) == ["a", "b"]
