@@ -7,9 +7,9 @@ claim (an idle server's case) is handed over before that insert when a read-only
 allows it (no identical earlier request to attach to, no input in the result cache),
 under ids taken from the item sequence, and the insert runs while the worker computes:
 it took the insert (1.2-1.6 ms after the pause of an idle request) off that request's
-path. Results, hand-backs and
-heartbeats for such a lease wait for its insert (`stored`); results that reach another
-server process first are tried again there (Queue.complete).
+path. Results, hand-backs and heartbeats for such a lease wait for its insert
+(`stored`); results that reach another server process first are tried again there
+(Queue.complete).
 """
 
 from __future__ import annotations

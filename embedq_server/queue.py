@@ -433,6 +433,8 @@ class Queue:
         exist at all are tried again for up to UNSTORED_WAIT seconds."""
         await self._handoff.stored(lease)
         done, failed = await self._complete_once(lease, results, failures, model_revision)
+        if len(done) + len(failed) == len(results) + len(failures):
+            return done, failed  # all accepted: the usual case
         pause, deadline = UNSTORED_RETRY, time.monotonic() + UNSTORED_WAIT
         while True:
             accepted = set(done) | set(failed)

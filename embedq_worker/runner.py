@@ -2,8 +2,8 @@
 computes, heartbeats for every lease held, and a graceful stop.
 
 Shutdown is an event, not a cancellation: stop claiming, hand back what was claimed but
-not started, let the batch in flight finish within the grace period, and post its results (a post is
-never cancelled: shutdown waits for it).
+not started, let the batch in flight finish within the grace period, and post its
+results (a post is never cancelled: shutdown waits for it).
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ SCENARIO_KEYS = {"via", "clients", "texts_per_request", "requests", "rps", "tps"
                  "p99_ms", "errors", "ceiling", "ceiling_pct", "cpu"}  # fmt: skip
 
 
-def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
+def run_module(pg_url: str, module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m module args` against pg_url's server; it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--duration", "1", "--json", str(out)],
+        [sys.executable, "-m", module, *args],
         cwd=REPO_ROOT,
         env={**os.environ, "DATABASE_URL": pg_url},
         capture_output=True,
@@ -30,6 +30,12 @@ def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
         timeout=90,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = run_module(pg_url, "bench.run", "--quick", "--duration", "1", "--json", str(out))
     results = json.loads(out.read_text())
     assert {"machine", "config", "scenarios", "repeat", "soak", "targets"} <= results.keys()
     assert SCENARIOS <= results["scenarios"].keys()
@@ -50,15 +56,7 @@ def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
 
 def test_the_cold_step_measurement_runs(pg_url: str) -> None:
     """`python -m bench.cold` (quoted in bench/README): every step timed both ways."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.cold", "--rounds", str(40)],
-        cwd=REPO_ROOT,
-        env={**os.environ, "DATABASE_URL": pg_url},
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_module(pg_url, "bench.cold", "--rounds", str(40))
     rows = [line for line in done.stdout.splitlines() if line.rstrip().endswith("x")]
     assert [row.split("  ")[0] for row in rows] == [
         "submit statement (1 input)",

@@ -46,6 +46,13 @@ async def waiting_claim(queue: Queue, max_items: int = 8, **kw: Any) -> asyncio.
     raise AssertionError("the claim never started waiting")
 
 
+async def store_result(queue: Queue, text: str) -> None:
+    """Compute `text` (with the cache on, a later request of it is answered from it)."""
+    await queue.submit("owner", "m", 0, [text])
+    held = await queue.claim(WORKER, ["m"], 8, wait=0)
+    await queue.complete(held.lease, [(held.items[0].id, b"\0\0\x80?", 1)])
+
+
 async def test_a_waiting_claim_gets_the_next_submit_without_a_claim_statement(app_client):
     client = await app_client(backstop_interval=20.0)
     queue, pool = setup(client)
@@ -93,9 +100,7 @@ async def test_other_models_and_cached_requests_do_not_fill_the_claim(app_client
     client = await app_client(backstop_interval=20.0, cache="owner")
     queue, pool = setup(client)
     # Store a result for "seen", so a later request of it is answered from the cache.
-    await queue.submit("owner", "m", 0, ["seen"])
-    held = await queue.claim(WORKER, ["m"], 8, wait=0)
-    await queue.complete(held.lease, [(held.items[0].id, b"\0\0\x80?", 1)])
+    await store_result(queue, "seen")
 
     claim = await waiting_claim(queue)
     other, _, _ = await queue.submit("owner", "other-model", 0, ["nope"])
@@ -203,9 +208,7 @@ async def test_requests_the_insert_might_not_store_as_handed_wait_for_it(app_cli
     """A cached input or an identical earlier request: the insert decides, as before."""
     client = await app_client(backstop_interval=20.0, cache="owner")
     queue, pool = setup(client)
-    await queue.submit("owner", "m", 0, ["seen"])
-    held = await queue.claim(WORKER, ["m"], 8, wait=0)
-    await queue.complete(held.lease, [(held.items[0].id, b"\0\0\x80?", 1)])
+    await store_result(queue, "seen")
     earlier, _, _ = await queue.submit("owner", "m", 0, ["again"])
     assert len((await queue.claim(WORKER, ["m"], 8, wait=0)).items) == 1  # computing
 

@@ -25,15 +25,21 @@ async def generic_plan(conn: asyncpg.Connection, name: str, types: str, args: st
     return "\n".join(r[0] for r in rows)
 
 
+async def fill_cache(conn: asyncpg.Connection, dimensions: int) -> None:
+    """ROWS cached results of model 'm' in the global scope."""
+    await conn.execute(
+        """INSERT INTO embedq_cache (scope, model, dimensions, text_hash, vector, tokens)
+           SELECT '', 'm', $2, sha256(i::text::bytea), '\\x00000000'::bytea, 1
+           FROM generate_series(1, $1) i""",
+        ROWS,
+        dimensions,
+    )
+
+
 async def test_cache_retention_uses_its_index_without_statistics(db_url: str) -> None:
     conn = await asyncpg.connect(db_url)
     try:
-        await conn.execute(
-            """INSERT INTO embedq_cache (scope, model, dimensions, text_hash, vector, tokens)
-               SELECT '', 'm', 4, sha256(i::text::bytea), '\\x00000000'::bytea, 1
-               FROM generate_series(1, $1) i""",
-            ROWS,
-        )
+        await fill_cache(conn, dimensions=4)
         plan = await generic_plan(conn, "prune_cache", "(float8, int)", "(86400, 1000)")
         # The cutoff is a day back, so a sequential scan would read every row for nothing.
         deleted = await conn.execute(QUERIES["prune_cache"], 86400.0, 1000)
@@ -97,12 +103,7 @@ async def test_the_hand_ahead_probe_reads_by_index_without_statistics(db_url: st
     """probe_request runs on the path of a request an idle worker waits for."""
     conn = await asyncpg.connect(db_url)
     try:
-        await conn.execute(
-            """INSERT INTO embedq_cache (scope, model, dimensions, text_hash, vector, tokens)
-               SELECT '', 'm', 0, sha256(i::text::bytea), '\\x00000000'::bytea, 1
-               FROM generate_series(1, $1) i""",
-            ROWS,
-        )
+        await fill_cache(conn, dimensions=0)
         await conn.execute(
             """INSERT INTO embedq_task (id, owner, fingerprint, model, dimensions, n_inputs,
                                         remaining)
