@@ -1,9 +1,11 @@
-"""The load generator: N closed-loop clients on one aiohttp session, in a process of its own
-so it never shares a GIL with what it measures.
+"""The load generator: N closed-loop clients, each on a keep-alive connection of its own,
+in a process of its own so it never shares a GIL with what it measures.
 
-Kept cheap on purpose: bodies are bytes formatted from a pre-encoded template (no json.dumps
-per request), and a response is checked by status and length only (vectors are never
-decoded). The same code calls the Ollama double directly and embedq, so the two compare.
+Kept cheap on purpose, since it shares the machine's cores with what it measures: its HTTP
+client is bench/http1.py (aiohttp's took three times the CPU), bodies are bytes formatted
+from a pre-encoded template (no json.dumps per request), and a response is checked by status
+and length only (vectors are never decoded). The same code calls the Ollama double directly
+and embedq, so the two compare.
 
     python -m bench.load '{"url": ..., "kind": "embedq", "clients": 32, ...}'
     python -m bench.load < specs.jsonl        # one spec per line, one result each
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import aiohttp
+from .http1 import Connection, ProtocolError
 
 FILLER = b"the quick brown fox jumps over the lazy dog"  # ~60-character texts
 B64_PER_FLOAT = 4 / 3  # base64 characters per float32 byte
@@ -123,59 +125,62 @@ async def run(spec: Spec, say: Callable[[str], None] = print) -> dict[str, Any]:
     done = 0
     first_start = last_end = started
 
-    connector = aiohttp.TCPConnector(limit=max(spec.clients, 1), limit_per_host=0)
-    timeout = aiohttp.ClientTimeout(total=spec.timeout)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-
-        async def client() -> None:
-            nonlocal done, last_end
-            while clock() < stop_at:
-                k = next(counter, None)
-                if k is None:
-                    return
-                body = make(k)
-                t0 = clock()
-                try:
-                    async with session.post(spec.url, data=body, headers=headers) as resp:
-                        data = await resp.read()
-                        status = str(resp.status) if resp.status != 200 else ""
-                        if not status and len(data) < need:
-                            status = "short"
-                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    status = type(exc).__name__
-                t1 = clock()
-                if measure_from <= t1 <= stop_at:
-                    if status:
-                        errors[status] += 1
-                    else:
-                        latencies.append(t1 - t0)
-                        done += 1
-                        last_end = t1
-
-        async def narrate() -> None:
-            """Tell the parent when the window opens and closes, for its CPU snapshots."""
-            if spec.total:
-                return
-            await asyncio.sleep(max(0.0, measure_from - clock()))
-            say("measuring")
-            while (left := stop_at - clock()) > 0:
-                await asyncio.sleep(min(spec.progress or left, left))
-                if spec.progress and clock() < stop_at:
-                    say(f"progress {done}")
-            say("stopped")
-
-        narrator = asyncio.create_task(narrate(), name="narrate")
-        clients = [asyncio.create_task(client()) for _ in range(spec.clients)]
-        window = asyncio.gather(*clients)
-        limit = (spec.warmup + spec.duration if not spec.total else 3600.0) + DRAIN_LIMIT
+    async def client() -> None:
+        conn = Connection(spec.url, headers)
         try:
-            await asyncio.wait_for(asyncio.shield(window), limit)
-        except TimeoutError:
-            for task in clients:
-                task.cancel()
-            await asyncio.gather(*clients, return_exceptions=True)
-            errors["unfinished"] += 1
-        await asyncio.gather(narrator, return_exceptions=True)
+            await requests_on(conn)
+        finally:
+            conn.close()
+
+    async def requests_on(conn: Connection) -> None:
+        nonlocal done, last_end
+        while clock() < stop_at:
+            k = next(counter, None)
+            if k is None:
+                return
+            body = make(k)
+            t0 = clock()
+            try:
+                async with asyncio.timeout(spec.timeout):
+                    code, length = await conn.post(body)
+                status = str(code) if code != 200 else ""
+                if not status and length < need:
+                    status = "short"
+            except (ProtocolError, TimeoutError, OSError) as exc:
+                status = type(exc).__name__
+            t1 = clock()
+            if measure_from <= t1 <= stop_at:
+                if status:
+                    errors[status] += 1
+                else:
+                    latencies.append(t1 - t0)
+                    done += 1
+                    last_end = t1
+
+    async def narrate() -> None:
+        """Tell the parent when the window opens and closes, for its CPU snapshots."""
+        if spec.total:
+            return
+        await asyncio.sleep(max(0.0, measure_from - clock()))
+        say("measuring")
+        while (left := stop_at - clock()) > 0:
+            await asyncio.sleep(min(spec.progress or left, left))
+            if spec.progress and clock() < stop_at:
+                say(f"progress {done}")
+        say("stopped")
+
+    narrator = asyncio.create_task(narrate(), name="narrate")
+    clients = [asyncio.create_task(client()) for _ in range(spec.clients)]
+    window = asyncio.gather(*clients)
+    limit = (spec.warmup + spec.duration if not spec.total else 3600.0) + DRAIN_LIMIT
+    try:
+        await asyncio.wait_for(asyncio.shield(window), limit)
+    except TimeoutError:
+        for task in clients:
+            task.cancel()
+        await asyncio.gather(*clients, return_exceptions=True)
+        errors["unfinished"] += 1
+    await asyncio.gather(narrator, return_exceptions=True)
     seconds = (last_end - first_start) if spec.total else spec.duration
     return summary(latencies, errors, seconds, spec.texts) | {"spec": asdict(spec)}
 
