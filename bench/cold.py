@@ -12,7 +12,7 @@ the pause of an idle request between them (~12 ms, the GPU-like double's call):
 
     python -m bench.cold                 # about 30 s; DATABASE_URL is honoured
 
-It prints the medians and their ratio; bench/README.md quotes one run.
+It prints the medians and their ratio; bench/HISTORY.md quotes one run (seventh round).
 """
 
 from __future__ import annotations

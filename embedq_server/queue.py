@@ -515,7 +515,7 @@ class Queue:
         """Wake the waiters of `early` with their tasks, and send the completion statement
         only once they have written their answers (or ANSWER_FIRST_WAIT passed). Sent at
         once, the statement's work in PostgreSQL took a core from the answer on its way
-        to the client: the answer reached an idle client 0.65 ms later (bench/README)."""
+        to the client: the answer reached an idle client 0.65 ms later (bench/HISTORY.md)."""
         loop = asyncio.get_running_loop()
         answering = {task_id: loop.create_future() for task_id in early}
         self._answering.update(answering)

@@ -407,7 +407,7 @@ class Runner:
         and log the batch (`elapsed`: its backend call; None: not computed). Done before
         the post, that took ~0.1 ms of CPU off the path of an idle request, and done just
         after sending (the client writes the body in a task of its own) it slowed the
-        send as much (bench/README)."""
+        send as much (bench/HISTORY.md)."""
         backoff = self.settings.poll_interval
         deadline = time.monotonic() + POST_RETRY_LIMIT
         try:

@@ -198,7 +198,7 @@ async def test_the_completion_statement_waits_until_the_early_answer_is_written(
     app_client, monkeypatch
 ):
     """Sent at once, the statement's work in PostgreSQL competed with the answer for the
-    CPU (bench/README): it goes once the waiting request has written its answer."""
+    CPU (bench/HISTORY.md): it goes once the waiting request has written its answer."""
     client = await app_client(backstop_interval=20.0)
     queue, pool = client.server.app[QUEUE], client.server.app[POOL]
     order: list[str] = []

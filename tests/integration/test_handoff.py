@@ -236,7 +236,7 @@ async def test_requests_the_insert_might_not_store_as_handed_wait_for_it(app_cli
 
 async def test_the_insert_goes_once_the_claim_handed_ahead_has_answered(app_client):
     """Sent first, the insert delayed the claim's answer and took the CPU from the worker
-    starting its backend call (bench/README)."""
+    starting its backend call (bench/HISTORY.md)."""
     client = await app_client(backstop_interval=20.0)
     queue, _ = setup(client)
     claim = await waiting_claim(queue)
