@@ -11,10 +11,20 @@ from aiohttp import web
 from embedq_common import sdnotify
 
 from . import metrics, openai_api, openapi, status_page, tasks_api, worker_api
+from .admission import Admission
 from .auth import TokenSet
 from .database import create_pool
 from .errors import error_middleware
-from .keys import CLIENT_TOKENS, DATABASE_URL, LISTENER, POOL, QUEUE, SETTINGS, WORKER_TOKENS
+from .keys import (
+    ADMISSION,
+    CLIENT_TOKENS,
+    DATABASE_URL,
+    LISTENER,
+    POOL,
+    QUEUE,
+    SETTINGS,
+    WORKER_TOKENS,
+)
 from .listener import Listener
 from .logs import request_log_middleware
 from .queue import Queue
@@ -105,6 +115,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     app[DATABASE_URL] = database_url
     app[CLIENT_TOKENS] = TokenSet(settings.auth_tokens, open_access=settings.loopback)
     app[WORKER_TOKENS] = TokenSet(settings.worker_tokens, open_access=settings.loopback)
+    app[ADMISSION] = Admission(settings.max_in_flight)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_background)
     app.on_shutdown.append(_on_shutdown)

@@ -6,6 +6,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from .admission import ADMISSION as ADMISSION
 from .auth import TokenSet
 from .listener import Listener
 from .queue import Queue

@@ -164,6 +164,18 @@ class QueueCollector(Collector):
             limit = GaugeMetricFamily("embedq_db_pool_max", "The pool's connection limit.")
             limit.add_metric([], pool.get_max_size())
             yield limit
+        if keys.ADMISSION in app:
+            admission = app[keys.ADMISSION]
+            held = GaugeMetricFamily(
+                "embedq_requests_in_flight", "Client requests being served (MAX_IN_FLIGHT)."
+            )
+            held.add_metric([], admission.held)
+            yield held
+            most = GaugeMetricFamily(
+                "embedq_requests_in_flight_max", "MAX_IN_FLIGHT: more get 503 server_busy."
+            )
+            most.add_metric([], admission.limit)
+            yield most
         if self._snapshot is not None:
             yield from self._queue_metrics(self._snapshot)
 

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from . import tokens
+from .admission import admitted
 from .auth import owner_of, require
 from .errors import ApiError
 from .keys import CLIENT_TOKENS, QUEUE, SETTINGS
@@ -377,5 +378,5 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/embeddings", create_embeddings)
+    app.router.add_post("/v1/embeddings", admitted(create_embeddings))
     app.router.add_get("/v1/models", list_models)

@@ -437,7 +437,8 @@ def _error_responses() -> Schema:
             error,
             "Retryable. Code task_pending: the vectors are not ready yet; retry the identical "
             "request to keep waiting for the same task, or poll GET /tasks/{task_id}. Code "
-            "database_unavailable: PostgreSQL is restarting or out of reach.",
+            "database_unavailable: PostgreSQL is restarting or out of reach. Code "
+            "server_busy: the server is serving MAX_IN_FLIGHT requests already.",
             {
                 "Retry-After": retry_after,
                 "X-Should-Retry": _header("true: retrying is safe", {"enum": ["true", "false"]}),

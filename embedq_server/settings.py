@@ -30,6 +30,7 @@ MAX_INPUTS = 2048
 MAX_INPUT_CHARS = 100_000  # per input, roughly OpenAI's 8,192-token limit with margin
 MAX_TOTAL_CHARS = 4_000_000  # per request
 MAX_PENDING = 1_000_000  # pending inputs before new requests get 429
+MAX_IN_FLIGHT = 4096  # client requests served at once before new ones get 503
 MAX_BATCH = 256  # most inputs one claim may take
 POOL_MIN = 2
 POOL_MAX = 10
@@ -112,6 +113,13 @@ class Settings(EnvSettings):
         default=MAX_PENDING,
         metadata={"env": "MAX_PENDING", "help": "pending inputs before new requests get 429"},
     )
+    max_in_flight: int = field(
+        default=MAX_IN_FLIGHT,
+        metadata={
+            "env": "MAX_IN_FLIGHT",
+            "help": "client requests served at once before new ones get 503",
+        },
+    )
     max_batch: int = field(
         default=MAX_BATCH, metadata={"env": "MAX_BATCH", "help": "most inputs one claim takes"}
     )
@@ -149,6 +157,8 @@ class Settings(EnvSettings):
             raise ValueError(f"UNSERVED_MODEL must be wait or reject, not {self.unserved_model!r}")
         if self.cache not in CACHE_MODES:
             raise ValueError(f"CACHE must be one of {', '.join(CACHE_MODES)}, not {self.cache!r}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"MAX_IN_FLIGHT must be at least 1, not {self.max_in_flight}")
 
     @property
     def embedded(self) -> bool:

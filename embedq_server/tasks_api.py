@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .admission import admitted
 from .auth import owner_of, require
 from .errors import ApiError
 from .keys import CLIENT_TOKENS, QUEUE, SETTINGS
@@ -121,5 +122,5 @@ async def get_result(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/tasks/{task_id}", get_task)
-    app.router.add_get("/tasks/{task_id}/result", get_result)
+    app.router.add_get("/tasks/{task_id}", admitted(get_task))
+    app.router.add_get("/tasks/{task_id}/result", admitted(get_result))

@@ -21,8 +21,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from embedq_server import queue as queue_module
 from embedq_server.app import create_app
+from embedq_server.keys import ADMISSION
 from tests.conftest import TEMPLATE, with_database
-from tests.helpers import CLIENT, WORKER, claim, make_settings
+from tests.helpers import CLIENT, WORKER, claim, make_settings, wait_until
 
 EMBEDDINGS = "/v1/embeddings"
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
@@ -34,6 +35,7 @@ TYPES = {
     413: "invalid_request_error",
     415: "invalid_request_error",
     429: "rate_limit_error",
+    503: "server_error",
 }
 
 
@@ -450,6 +452,46 @@ async def test_a_full_queue_answers_429_with_retry_after(app_client: Any) -> Non
     assert int(resp.headers["Retry-After"]) > 0
     fits = {"input": ["d", "e"], "model": "m", "wait_seconds": 0}  # 3 + 2 = 5: at the bound
     assert (await client.post(EMBEDDINGS, json=fits, headers=CLIENT)).status == 202
+
+
+async def test_requests_past_max_in_flight_answer_503_at_once(app_client: Any) -> None:
+    # MAX_IN_FLIGHT bounds what waiting requests hold in memory: past it, a client request
+    # is refused before its body is read, and the SDK retries after Retry-After.
+    client = await app_client(max_in_flight=2)
+    admission = client.server.app[ADMISSION]
+    polled = {"input": "p", "model": "m", "wait_seconds": 0}
+    task_id = (await (await client.post(EMBEDDINGS, json=polled, headers=CLIENT)).json())["id"]
+    waiting = [
+        asyncio.create_task(
+            client.post(EMBEDDINGS, json={"input": t, "model": "m", "wait_seconds": 1},
+                        headers=CLIENT)
+        )
+        for t in ("a", "b")
+    ]  # fmt: skip
+
+    async def both_held() -> bool:
+        return admission.held == 2
+
+    await wait_until(both_held)
+    resp = await client.post(EMBEDDINGS, json={"input": "c", "model": "m"}, headers=CLIENT)
+    error = await error_of(resp, 503, None, "MAX_IN_FLIGHT", "retry")
+    assert error["code"] == "server_busy"
+    assert int(resp.headers["Retry-After"]) > 0
+    for path in (f"/tasks/{task_id}", f"/tasks/{task_id}/result"):
+        assert (await client.get(path, headers=CLIENT)).status == 503
+    scraped = (await (await client.get("/metrics")).text()).splitlines()
+    assert {"embedq_requests_in_flight 2.0", "embedq_requests_in_flight_max 2.0"} <= set(scraped)
+    assert (await claim(client))["items"]  # workers are never refused: they drain the queue
+    assert [(await r).status for r in waiting] == [202, 202]  # their wait ran out
+    assert admission.held == 0
+    resp = await client.post(EMBEDDINGS, json={"input": "c", "model": "m", "wait_seconds": 0},
+                             headers=CLIENT)  # fmt: skip
+    assert resp.status == 202
+
+
+def test_max_in_flight_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="MAX_IN_FLIGHT"):
+        make_settings(max_in_flight=0)
 
 
 async def test_a_request_larger_than_the_whole_queue_is_400_not_429(app_client: Any) -> None:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from embedq_server.settings import MAX_IN_FLIGHT
+
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = ROOT / "systemd"
 VENV = "/opt/embedq/venv"
@@ -217,6 +219,9 @@ def test_server_specifics() -> None:
     # Only the server gets SIGTERM; it stops its embedded PostgreSQL itself.
     assert last(unit, "Service", "KillMode") == "mixed"
     assert "postgresql.service" in " ".join(unit["Unit"]["After"])
+    # A socket per request in flight: the default MAX_IN_FLIGHT must fit, with room for
+    # idle keep-alive connections and the database's, or accept() fails before the 503.
+    assert int(last(unit, "Service", "LimitNOFILE")) >= 2 * MAX_IN_FLIGHT
 
 
 def test_worker_template_specifics() -> None:
