@@ -78,7 +78,7 @@ class _Answer(asyncio.Protocol):
             else:
                 raise ProtocolError("a response without Content-Length or chunked encoding")
         if self._sized < 0:
-            answer = self._chunked(self._status, self._start)
+            answer = self._chunked()
         elif len(self.buf) < self._start + self._sized:
             return None
         else:
@@ -88,8 +88,9 @@ class _Answer(asyncio.Protocol):
             self._sized = None
         return answer
 
-    def _chunked(self, status: int, pos: int) -> tuple[int, int] | None:
-        length = 0
+    def _chunked(self) -> tuple[int, int] | None:
+        """(status, body length) once the last chunk and any trailers are in."""
+        pos, length = self._start, 0
         while True:
             line_end = self.buf.find(b"\r\n", pos)
             if line_end < 0:
@@ -103,7 +104,7 @@ class _Answer(asyncio.Protocol):
                 if trailer_end < 0:
                     return None
                 del self.buf[: trailer_end + 4]
-                return status, length
+                return self._status, length
             if len(self.buf) < line_end + 2 + size + 2:
                 return None
             length += size

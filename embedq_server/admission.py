@@ -9,9 +9,8 @@ read, with Retry-After, which the OpenAI SDKs retry on their own.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -23,14 +22,13 @@ RETRY_AFTER = 1  # seconds: requests finish or time out within MAX_WAIT, most fa
 
 
 class Admission:
-    """Client requests being served; a new one past `limit` is refused."""
+    """Client requests being served; entering past `limit` is refused."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
 
-    @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
+    def __enter__(self) -> None:
         if self.held >= self.limit:
             raise ApiError(
                 503,
@@ -40,10 +38,9 @@ class Admission:
                 headers={"Retry-After": str(RETRY_AFTER)},
             )
         self.held += 1
-        try:
-            yield
-        finally:
-            self.held -= 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.held -= 1
 
 
 ADMISSION = web.AppKey("admission", Admission)
@@ -54,7 +51,7 @@ def admitted(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def counted(request: web.Request) -> web.StreamResponse:
-        with request.app[ADMISSION].admit():
+        with request.app[ADMISSION]:
             return await handler(request)
 
     return counted

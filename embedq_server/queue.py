@@ -151,9 +151,6 @@ class Queue:
         offers: list[Offer | None],
         ahead: dict[int, list[int]],
     ) -> list[asyncpg.Record]:
-        ids: list[list[int | None]] = [
-            list(ahead[k]) if k in ahead else [None] * len(s.inputs) for k, s in enumerate(group)
-        ]
         rows: list[asyncpg.Record] = await self.pool.fetch(
             QUERIES["submit_tasks"],
             [s.task_id for s in group],
@@ -170,7 +167,7 @@ class Queue:
             [o.worker if o is not None else None for o in offers],
             self.settings.lease_seconds,
             [k in ahead for k in range(len(group))],
-            [item_id for request_ids in ids for item_id in request_ids],
+            [i for k, s in enumerate(group) for i in ahead.get(k, [None] * len(s.inputs))],
         )
         return rows
 
