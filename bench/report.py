@@ -104,3 +104,14 @@ def repeat_lines(repeat: dict[str, Any] | None) -> str:
             f"hit rate {_fmt(p['hit_rate_pct'])}%  speed-up x{_fmt(speedup, 2)}"
         )
     return "\n".join(out)
+
+
+def ideal_line(shares: dict[str, float | None], scenarios: dict[str, dict[str, Any]]) -> str:
+    """c32 read against the batchers with nothing in their way (bench/ideal.py)."""
+    parts = [
+        f"{name} {_fmt(scenarios[name].get('ceiling_pct'))}% of ceiling(32), "
+        f"c32 through embedq {_fmt(share)}% of its texts/s"
+        for name, share in shares.items()
+        if name in scenarios
+    ]
+    return "against an ideal batcher: " + ("; ".join(parts) if parts else "not run")

@@ -28,7 +28,18 @@ from . import report
 from .load import Spec
 from .measure import LoadProcess
 from .procs import REPO_ROOT, CpuMeter, rss_kb
-from .scenarios import FLOOR, GPU, RTT, SOAK_SCENARIO, ZERO, Scenario, ceiling, judge
+from .scenarios import (
+    FLOOR,
+    GPU,
+    IDEAL,
+    RTT,
+    SOAK_SCENARIO,
+    ZERO,
+    Scenario,
+    against_ideal,
+    ceiling,
+    judge,
+)
 from .stack import (
     CLIENT_TOKEN,
     DIM,
@@ -126,7 +137,7 @@ class Bench:
     def meter(self) -> CpuMeter:
         s = self.stack
         groups = {
-            "server": [c.pid for c in (s.server, s.floor) if c is not None],
+            "server": [c.pid for c in (s.server, s.floor, s.ideal) if c is not None],
             "worker": [w.pid for w in s.workers.values()],
             "double": [s.double.pid] if s.double else [],
             "load": [self.load.pid],
@@ -140,6 +151,9 @@ class Bench:
         if sc.via == "floor":
             assert self.stack.floor is not None
             base = self.stack.floor.url + "/v1/embeddings"
+        elif sc.via in ("greedy", "oracle"):
+            assert self.stack.ideal is not None
+            base = self.stack.ideal.url + "/v1/embeddings"
         values: dict[str, Any] = {
             "url": self.stack.double.url + "/api/embed" if sc.via == "direct" else base,
             "kind": "ollama" if sc.via == "direct" else "embedq",
@@ -295,6 +309,14 @@ class Bench:
                 self.scenario(FLOOR)
                 stack.stop_floor()
 
+            ideal = [sc for sc in IDEAL if self.wanted(sc.name, sc.quick)]
+            if ideal:
+                print("a batcher with nothing in its way (bench/ideal.py):", flush=True)
+            for sc in ideal:
+                stack.start_ideal(sc.via)
+                self.scenario(sc)
+                stack.stop_ideal()
+
             gpu = [sc for sc in GPU if self.wanted(sc.name, sc.quick)]
             if gpu or self.wanted("repeat"):
                 print("GPU-like double, one worker on loopback:", flush=True)
@@ -418,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with running_stack(pg_settings) as stack:
         results |= Bench(stack, args, batch).run()
     results["targets"] = judge(results)
+    results["c32_share_of_ideal_pct"] = against_ideal(results)
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     print()
@@ -427,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.soak_lines(results["soak"]))
     print()
     print(report.target_table(results["targets"]))
+    print(report.ideal_line(results["c32_share_of_ideal_pct"], results["scenarios"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten {args.json} in {results['elapsed_seconds']:.0f}s", flush=True)

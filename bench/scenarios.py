@@ -27,7 +27,9 @@ def ceiling(n: int) -> float:
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    via: str  # "direct": the double; "embedq": GPU worker; "rtt": it, 50 ms away; "zero"; "floor"
+    # "direct": the double; "embedq": GPU worker; "rtt": it, 50 ms away; "zero"; "floor";
+    # "greedy" / "oracle": bench.ideal's batcher in that mode
+    via: str
     clients: int
     texts: int = 1  # per request
     quick: bool = True  # part of --quick
@@ -59,6 +61,12 @@ GPU = [
     Scenario("c256", "embedq", 256),
     Scenario("t100-direct", "direct", 8, 100, quick=False),
     Scenario("t100", "embedq", 8, 100),
+]
+# The same 32 clients through a batcher with no database and no worker (bench/ideal.py): what
+# the c32 target asks of embedq, measured against what nothing-in-the-way reaches here.
+IDEAL = [
+    Scenario("c32-greedy", "greedy", 32),
+    Scenario("c32-oracle", "oracle", 32),
 ]
 RTT = [
     Scenario("c256-rtt", "rtt", 256, quick=False),  # its drain alone takes seconds
@@ -115,6 +123,17 @@ TARGETS = [
     Target("soak: RSS growth per 1,000 requests (worst)", "KiB", FLAT_KIB_PER_1000, False,
            _soak_growth),
 ]  # fmt: skip
+
+
+def against_ideal(results: dict[str, Any]) -> dict[str, float | None]:
+    """c32 through embedq as a share of each ideal batcher's texts/s (bench/ideal.py), and
+    what each of those reaches of ceiling(32): not a target, the yardstick for one."""
+    out: dict[str, float | None] = {}
+    for sc in IDEAL:
+        ideal, embedq = _get(results, sc.name, "tps"), _get(results, "c32", "tps")
+        share = 100 * embedq / ideal if ideal else math.nan
+        out[sc.name] = None if math.isnan(share) else round(share, 1)
+    return out
 
 
 def judge(results: dict[str, Any]) -> list[dict[str, Any]]:

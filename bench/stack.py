@@ -90,6 +90,7 @@ class Stack:
     double: Child | None = None
     proxy: Child | None = None
     floor: Child | None = None
+    ideal: Child | None = None  # bench.ideal, one batching mode at a time
     workers: dict[str, Child] = field(default_factory=dict)
     log_dir: Path | None = None  # the children's logs
 
@@ -167,6 +168,18 @@ class Stack:
         wait_listening(self.floor)
         return self.floor
 
+    def start_ideal(self, mode: str) -> Child:
+        assert self.double is not None
+        args = ["--port", "0", "--double", self.double.url, "--mode", mode]
+        self.ideal = spawn(f"ideal-{mode}", "bench.ideal", args, log_dir=self.log_dir)
+        wait_listening(self.ideal)
+        return self.ideal
+
+    def stop_ideal(self) -> None:
+        if self.ideal is not None:
+            self.ideal.stop()
+            self.ideal = None
+
     def stop_floor(self) -> None:
         if self.floor is not None:
             self.floor.stop()
@@ -183,12 +196,17 @@ class Stack:
             self.stop_worker(name)
         self.stop_proxy()
         self.stop_floor()
+        self.stop_ideal()
         for child in (self.server, self.double):
             if child is not None:
                 child.stop()
 
     def children(self) -> list[Child]:
-        found = [c for c in (self.server, self.double, self.proxy, self.floor) if c is not None]
+        found = [
+            c
+            for c in (self.server, self.double, self.proxy, self.floor, self.ideal)
+            if c is not None
+        ]
         return found + list(self.workers.values())
 
 

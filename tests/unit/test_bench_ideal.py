@@ -1,0 +1,79 @@
+"""The ideal batcher (bench/ideal.py) against the real Ollama double: the yardstick the
+32-client target is read against must answer every text with its own vector and batch the
+texts that wait, or its throughput means nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bench.ideal import Batcher, create_app
+from tests.doubles.ollama import run_ollama_double
+from tests.doubles.vectors import expected_bytes
+
+MODEL = "nomic-embed-text"
+DIM = 16
+ClientFactory = Callable[..., Awaitable[TestClient]]
+
+
+async def _post(client: TestClient, texts: Any) -> tuple[int, dict[str, Any]]:
+    resp = await client.post("/v1/embeddings", json={"model": MODEL, "input": texts})
+    return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize("mode", ["greedy", "oracle"])
+async def test_every_text_gets_its_vector_and_waiting_texts_share_calls(
+    aiohttp_client: ClientFactory, mode: str
+) -> None:
+    # 30 ms per call: the first call computes while the other requests arrive.
+    async with (
+        run_ollama_double(dim=DIM, fixed_ms=30, per_text_ms=1) as url,
+        Batcher(url, mode=mode, lead_ms=20) as batcher,
+    ):
+        client = await aiohttp_client(create_app(batcher))
+        texts = [f"text {n}" for n in range(12)]
+        answers = await asyncio.gather(
+            _post(client, texts[0]), *(_post(client, [t]) for t in texts[1:10]),
+            _post(client, texts[10:]),
+        )  # fmt: skip
+        got = [item["embedding"] for status, body in answers for item in body["data"]]
+        assert all(status == 200 for status, _ in answers)
+        assert got == [base64.b64encode(expected_bytes(MODEL, t, dim=DIM)).decode() for t in texts]
+        assert sum(batcher.call_sizes) == len(texts)
+        assert len(batcher.call_sizes) < len(texts)  # texts that waited went together
+        assert max(batcher.call_sizes) > 1
+
+
+async def test_a_failed_call_fails_its_requests_and_the_next_call_works(
+    aiohttp_client: ClientFactory,
+) -> None:
+    async with (
+        run_ollama_double(dim=DIM) as url,
+        Batcher(url, mode="oracle") as batcher,
+    ):
+        client = await aiohttp_client(create_app(batcher))
+        async with aiohttp.ClientSession() as session:
+            await session.post(f"{url}/_control", json={"fail_next": 1, "status": 500})
+        status, body = await _post(client, ["lost"])
+        assert status == 502 and "500" in body["error"]["message"]
+        status, body = await _post(client, "kept")
+        assert status == 200
+        vector = base64.b64encode(expected_bytes(MODEL, "kept", dim=DIM)).decode()
+        assert body["data"][0]["embedding"] == vector
+
+
+async def test_bad_input_and_mode_are_refused(aiohttp_client: ClientFactory) -> None:
+    with pytest.raises(ValueError, match="mode"):
+        Batcher("http://127.0.0.1:1", mode="eager")
+    async with Batcher("http://127.0.0.1:1") as batcher:
+        client = await aiohttp_client(create_app(batcher))
+        for bad in ([], [1], None):
+            status, body = await _post(client, bad)
+            assert status == 400 and "input" in body["error"]["message"]
+        assert batcher.call_sizes == []
