@@ -106,12 +106,14 @@ def repeat_lines(repeat: dict[str, Any] | None) -> str:
     return "\n".join(out)
 
 
-def ideal_line(shares: dict[str, float | None], scenarios: dict[str, dict[str, Any]]) -> str:
-    """c32 read against the batchers with nothing in their way (bench/ideal.py)."""
+def ideal_line(ideal: dict[str, Any], scenarios: dict[str, dict[str, Any]]) -> str:
+    """embedq read against the batchers with nothing in their way (bench/ideal.py)."""
     parts = [
         f"{name} {_fmt(scenarios[name].get('ceiling_pct'))}% of ceiling(32), "
         f"c32 through embedq {_fmt(share)}% of its texts/s"
-        for name, share in shares.items()
+        for name, share in ideal["c32_share_pct"].items()
         if name in scenarios
     ]
+    if ideal["idle_one_hop_ms"] is not None:
+        parts.append(f"idle-greedy p50 {ideal['idle_one_hop_ms']:+.2f} ms over direct (one hop)")
     return "against an ideal batcher: " + ("; ".join(parts) if parts else "not run")

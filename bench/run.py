@@ -440,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with running_stack(pg_settings) as stack:
         results |= Bench(stack, args, batch).run()
     results["targets"] = judge(results)
-    results["c32_share_of_ideal_pct"] = against_ideal(results)
+    results["against_ideal"] = against_ideal(results)
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     print()
@@ -450,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.soak_lines(results["soak"]))
     print()
     print(report.target_table(results["targets"]))
-    print(report.ideal_line(results["c32_share_of_ideal_pct"], results["scenarios"]))
+    print(report.ideal_line(results["against_ideal"], results["scenarios"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten {args.json} in {results['elapsed_seconds']:.0f}s", flush=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 from bench.scenarios import ZERO_BATCH
 from tests.doubles.common import REPO_ROOT
 
-SCENARIOS = {"floor", "c32-greedy", "c32-oracle", "idle-direct", "idle", "c32-direct", "c32",
-             "c256", "t100", "c32-rtt", "zero-1", "zero-100"}  # fmt: skip
+SCENARIOS = {"floor", "idle-greedy", "c32-greedy", "c32-oracle", "idle-direct", "idle",
+             "c32-direct", "c32", "c256", "t100", "c32-rtt", "zero-1", "zero-100"}  # fmt: skip
 WORKING = ("floor", "idle-direct", "idle", "zero-1")  # answer within a 1-s window even when busy
 SCENARIO_KEYS = {"via", "clients", "texts_per_request", "requests", "rps", "tps", "p50_ms",
                  "p99_ms", "errors", "ceiling", "ceiling_pct", "cpu"}  # fmt: skip
@@ -53,7 +53,9 @@ def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
     assert all({"target", "limit", "measured", "met"} <= t.keys() for t in results["targets"])
     assert "target" in done.stdout and "verdict" in done.stdout
     # c32 is read against the ideal batchers (bench/ideal.py), each of which was measured.
-    assert results["c32_share_of_ideal_pct"].keys() == {"c32-greedy", "c32-oracle"}
+    ideal = results["against_ideal"]
+    assert ideal["c32_share_pct"].keys() == {"c32-greedy", "c32-oracle"}
+    assert ideal["idle_one_hop_ms"] is not None
     assert "against an ideal batcher: c32-greedy" in done.stdout
 
 
