@@ -26,6 +26,7 @@ import signal
 import sys
 from array import array
 from collections.abc import Sequence
+from typing import Protocol
 
 import aiohttp
 import orjson
@@ -40,7 +41,7 @@ MAX_BATCH = 64  # texts per call at most, as embedq's worker (BATCH_SIZE)
 MODES = ("greedy", "oracle")
 
 
-def _base64(vector: list[float]) -> str:
+def base64_vector(vector: list[float]) -> str:
     packed = array("f", vector)
     if sys.byteorder != "little":
         packed.byteswap()
@@ -132,7 +133,7 @@ class Batcher:
             ) as resp:
                 resp.raise_for_status()
                 vectors = orjson.loads(await resp.read())["embeddings"]
-            answers = [_base64(v) for v in vectors]
+            answers = [base64_vector(v) for v in vectors]
         except Exception as exc:
             for _, fut in group:
                 if not fut.done():
@@ -151,7 +152,13 @@ class Batcher:
                 fut.set_result(answer)
 
 
-def create_app(batcher: Batcher) -> web.Application:
+class Embedder(Protocol):
+    async def embed(self, texts: list[str]) -> list[str]: ...
+
+
+def create_app(batcher: Embedder) -> web.Application:
+    """The OpenAI embeddings endpoint over `batcher`: base64 vectors, as the SDK asks."""
+
     async def embeddings(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         raw = body.get("input") if isinstance(body, dict) else None
@@ -171,21 +178,30 @@ def create_app(batcher: Batcher) -> web.Application:
     return app
 
 
-async def serve(double_url: str, mode: str, lead_ms: float, port: int) -> None:
-    async with Batcher(double_url, mode=mode, lead_ms=lead_ms) as batcher:
-        runner = web.AppRunner(create_app(batcher), access_log=None)
-        await runner.setup()
+async def until_stopped() -> None:
+    """Until SIGTERM or SIGINT, or LIFETIME if the parent forgot this process."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), LIFETIME)
+
+
+async def serve_until_stopped(app: web.Application, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
         await web.TCPSite(runner, "127.0.0.1", port).start()
         print(f"listening on http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), LIFETIME)
-        finally:
-            await runner.cleanup()
+        await until_stopped()
+    finally:
+        await runner.cleanup()
+
+
+async def serve(double_url: str, mode: str, lead_ms: float, port: int) -> None:
+    async with Batcher(double_url, mode=mode, lead_ms=lead_ms) as batcher:
+        await serve_until_stopped(create_app(batcher), port)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -114,6 +114,9 @@ def ideal_line(ideal: dict[str, Any], scenarios: dict[str, dict[str, Any]]) -> s
         for name, share in ideal["c32_share_pct"].items()
         if name in scenarios
     ]
-    if ideal["idle_one_hop_ms"] is not None:
-        parts.append(f"idle-greedy p50 {ideal['idle_one_hop_ms']:+.2f} ms over direct (one hop)")
+    parts += [
+        f"{name} p50 {over:+.2f} ms over direct"
+        for name, over in ideal["idle_over_direct_ms"].items()
+        if over is not None
+    ]
     return "against an ideal batcher: " + ("; ".join(parts) if parts else "not run")

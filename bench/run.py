@@ -138,7 +138,7 @@ class Bench:
         s = self.stack
         groups = {
             "server": [c.pid for c in (s.server, s.floor, s.ideal) if c is not None],
-            "worker": [w.pid for w in s.workers.values()],
+            "worker": [c.pid for c in (*s.workers.values(), s.puller) if c is not None],
             "double": [s.double.pid] if s.double else [],
             "load": [self.load.pid],
             "proxy": [s.proxy.pid] if s.proxy else [],
@@ -151,7 +151,7 @@ class Bench:
         if sc.via == "floor":
             assert self.stack.floor is not None
             base = self.stack.floor.url + "/v1/embeddings"
-        elif sc.via in ("greedy", "oracle"):
+        elif sc.via in ("greedy", "oracle", "pull"):
             assert self.stack.ideal is not None
             base = self.stack.ideal.url + "/v1/embeddings"
         values: dict[str, Any] = {

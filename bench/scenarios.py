@@ -28,7 +28,7 @@ def ceiling(n: int) -> float:
 class Scenario:
     name: str
     # "direct": the double; "embedq": GPU worker; "rtt": it, 50 ms away; "zero"; "floor";
-    # "greedy" / "oracle": bench.ideal's batcher in that mode
+    # "greedy" / "oracle": bench.ideal's batcher in that mode; "pull": bench.ideal_pull
     via: str
     clients: int
     texts: int = 1  # per request
@@ -62,13 +62,15 @@ GPU = [
     Scenario("t100-direct", "direct", 8, 100, quick=False),
     Scenario("t100", "embedq", 8, 100),
 ]
-# The same clients through a batcher with no database and no worker (bench/ideal.py): what
-# the idle and c32 targets ask of embedq, against what nothing-in-the-way reaches here (one
-# HTTP hop, where embedq has two and a database).
+# The same clients through batchers with no database (bench/ideal.py, one HTTP hop; and
+# bench/ideal_pull.py, embedq's hops through a puller): what the idle and c32 targets ask of
+# embedq, against what nothing-in-the-way reaches here.
 IDEAL = [
     Scenario("idle-greedy", "greedy", 1),
-    Scenario("c32-greedy", "greedy", 32),
+    Scenario("idle-pull", "pull", 1),
+    Scenario("c32-greedy", "greedy", 32, quick=False),
     Scenario("c32-oracle", "oracle", 32),
+    Scenario("c32-pull", "pull", 32, quick=False),
 ]
 RTT = [
     Scenario("c256-rtt", "rtt", 256, quick=False),  # its drain alone takes seconds
@@ -128,16 +130,20 @@ TARGETS = [
 
 
 def against_ideal(results: dict[str, Any]) -> dict[str, Any]:
-    """embedq read against the batchers with nothing in their way (bench/ideal.py): c32's
-    texts/s as a share of each one's, and what one HTTP hop adds to an idle request's p50
-    (embedq has two, and a database). Not targets: the yardstick for two of them."""
+    """embedq read against the batchers with nothing in their way (bench/ideal*.py): c32's
+    texts/s as a share of each one's, and each idle p50 over the direct call's. Not
+    targets: the yardstick for two of them."""
     shares: dict[str, float | None] = {}
+    over: dict[str, float | None] = {}
+    direct = _get(results, "idle-direct", "p50_ms")
     for sc in IDEAL:
         if sc.clients == 32:
-            share = 100 * _get(results, "c32", "tps") / _get(results, sc.name, "tps")
-            shares[sc.name] = None if math.isnan(share) else round(share, 1)
-    hop = _get(results, "idle-greedy", "p50_ms") - _get(results, "idle-direct", "p50_ms")
-    return {"c32_share_pct": shares, "idle_one_hop_ms": None if math.isnan(hop) else round(hop, 2)}
+            value = 100 * _get(results, "c32", "tps") / _get(results, sc.name, "tps")
+            shares[sc.name] = None if math.isnan(value) else round(value, 1)
+        else:
+            value = _get(results, sc.name, "p50_ms") - direct
+            over[sc.name] = None if math.isnan(value) else round(value, 2)
+    return {"c32_share_pct": shares, "idle_over_direct_ms": over}
 
 
 def judge(results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -90,7 +90,8 @@ class Stack:
     double: Child | None = None
     proxy: Child | None = None
     floor: Child | None = None
-    ideal: Child | None = None  # bench.ideal, one batching mode at a time
+    ideal: Child | None = None  # bench.ideal (or bench.ideal_pull), one mode at a time
+    puller: Child | None = None  # bench.ideal_pull's puller, with its server
     workers: dict[str, Child] = field(default_factory=dict)
     log_dir: Path | None = None  # the children's logs
 
@@ -169,16 +170,27 @@ class Stack:
         return self.floor
 
     def start_ideal(self, mode: str) -> Child:
+        """bench.ideal in `mode`, or for "pull" bench.ideal_pull's server and puller."""
         assert self.double is not None
+        if mode == "pull":
+            self.ideal = spawn(
+                "ideal-pull", "bench.ideal_pull", ["--port", "0"], log_dir=self.log_dir
+            )
+            wait_listening(self.ideal)
+            args = ["--puller", self.ideal.url, "--double", self.double.url]
+            self.puller = spawn("ideal-puller", "bench.ideal_pull", args, log_dir=self.log_dir)
+            wait_for_log(self.puller, "pulling from")
+            return self.ideal
         args = ["--port", "0", "--double", self.double.url, "--mode", mode]
         self.ideal = spawn(f"ideal-{mode}", "bench.ideal", args, log_dir=self.log_dir)
         wait_listening(self.ideal)
         return self.ideal
 
     def stop_ideal(self) -> None:
-        if self.ideal is not None:
-            self.ideal.stop()
-            self.ideal = None
+        for child in (self.puller, self.ideal):
+            if child is not None:
+                child.stop()
+        self.ideal = self.puller = None
 
     def stop_floor(self) -> None:
         if self.floor is not None:
@@ -204,7 +216,7 @@ class Stack:
     def children(self) -> list[Child]:
         found = [
             c
-            for c in (self.server, self.double, self.proxy, self.floor, self.ideal)
+            for c in (self.server, self.double, self.proxy, self.floor, self.ideal, self.puller)
             if c is not None
         ]
         return found + list(self.workers.values())

@@ -12,9 +12,16 @@ from pathlib import Path
 from bench.scenarios import ZERO_BATCH
 from tests.doubles.common import REPO_ROOT
 
-SCENARIOS = {"floor", "idle-greedy", "c32-greedy", "c32-oracle", "idle-direct", "idle",
+SCENARIOS = {"floor", "idle-greedy", "idle-pull", "c32-oracle", "idle-direct", "idle",
              "c32-direct", "c32", "c256", "t100", "c32-rtt", "zero-1", "zero-100"}  # fmt: skip
-WORKING = ("floor", "idle-direct", "idle", "zero-1")  # answer within a 1-s window even when busy
+WORKING = (
+    "floor",
+    "idle-greedy",
+    "idle-pull",
+    "idle-direct",
+    "idle",
+    "zero-1",
+)  # answer within a 1-s window even when busy
 SCENARIO_KEYS = {"via", "clients", "texts_per_request", "requests", "rps", "tps", "p50_ms",
                  "p99_ms", "errors", "ceiling", "ceiling_pct", "cpu"}  # fmt: skip
 
@@ -54,9 +61,11 @@ def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
     assert "target" in done.stdout and "verdict" in done.stdout
     # c32 is read against the ideal batchers (bench/ideal.py), each of which was measured.
     ideal = results["against_ideal"]
-    assert ideal["c32_share_pct"].keys() == {"c32-greedy", "c32-oracle"}
-    assert ideal["idle_one_hop_ms"] is not None
-    assert "against an ideal batcher: c32-greedy" in done.stdout
+    assert ideal["c32_share_pct"].keys() == {"c32-greedy", "c32-oracle", "c32-pull"}
+    assert ideal["c32_share_pct"]["c32-oracle"] is not None  # the others: full runs only
+    assert ideal["idle_over_direct_ms"].keys() == {"idle-greedy", "idle-pull"}
+    assert all(v is not None for v in ideal["idle_over_direct_ms"].values())
+    assert "against an ideal batcher: c32-oracle" in done.stdout
 
 
 def test_the_cold_step_measurement_runs(pg_url: str) -> None:

@@ -1,6 +1,6 @@
-"""The ideal batcher (bench/ideal.py) against the real Ollama double: the yardstick the
-32-client target is read against must answer every text with its own vector and batch the
-texts that wait, or its throughput means nothing."""
+"""The ideal batchers (bench/ideal.py, bench/ideal_pull.py) against the real Ollama double:
+the yardsticks the idle and 32-client targets are read against must answer every text with
+its own vector and batch the texts that wait, or their figures mean nothing."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bench.ideal import Batcher, create_app
+from bench.ideal_pull import PullQueue, create_pull_app, pull
 from tests.doubles.ollama import run_ollama_double
 from tests.doubles.vectors import expected_bytes
 
@@ -77,3 +78,38 @@ async def test_bad_input_and_mode_are_refused(aiohttp_client: ClientFactory) -> 
             status, body = await _post(client, bad)
             assert status == 400 and "input" in body["error"]["message"]
         assert batcher.call_sizes == []
+
+
+async def test_the_pull_shape_answers_through_its_puller(aiohttp_server: Any) -> None:
+    """bench/ideal_pull.py: requests reach the double only through the puller's claims,
+    and come back with their own vectors; a failed call fails only its requests."""
+    async with run_ollama_double(dim=DIM, fixed_ms=30, per_text_ms=1) as url:
+        queue = PullQueue()
+        server = await aiohttp_server(create_pull_app(queue))
+        puller = asyncio.create_task(pull(str(server.make_url("")).rstrip("/"), url))
+        try:
+            async with aiohttp.ClientSession(base_url=str(server.make_url("/"))) as session:
+
+                async def post(texts: Any) -> tuple[int, dict[str, Any]]:
+                    resp = await session.post("/v1/embeddings", json={"input": texts})
+                    return resp.status, await resp.json()
+
+                texts = [f"pulled {n}" for n in range(9)]
+                answers = await asyncio.gather(*(post(t) for t in texts))
+                got = [body["data"][0]["embedding"] for _, body in answers]
+                assert got == [
+                    base64.b64encode(expected_bytes(MODEL, t, dim=DIM)).decode() for t in texts
+                ]
+                stats = await (await session.get(f"{url}/_stats")).json()
+                assert stats["texts"] == len(texts) and stats["calls"] < len(texts)
+
+                await session.post(f"{url}/_control", json={"fail_next": 1, "status": 500})
+                status, body = await post("lost")
+                assert status == 502 and "500" in body["error"]["message"]
+                status, _ = await post("kept")
+                assert status == 200
+        finally:
+            puller.cancel()
+            await asyncio.gather(puller, return_exceptions=True)
+    # With nothing pending a claim waits, then comes back empty.
+    assert await PullQueue().claim(wait=0.01) == []
