@@ -292,11 +292,12 @@ class Bench:
             "cpu": cpu,
         }
 
-    def wanted(self, name: str, quick_ok: bool = True) -> bool:
-        """Is this scenario (or "repeat", "soak") part of this run?"""
+    def wanted(self, name: str, quick_ok: bool = True, *, named: bool = False) -> bool:
+        """Is this scenario (or "repeat", "soak") part of this run? `named`: only when
+        --only names it."""
         if self.args.only:
             return name in self.args.only
-        return quick_ok or not self.args.quick
+        return not named and (quick_ok or not self.args.quick)
 
     def run(self) -> dict[str, Any]:
         stack = self.stack
@@ -309,7 +310,7 @@ class Bench:
                 self.scenario(FLOOR)
                 stack.stop_floor()
 
-            ideal = [sc for sc in IDEAL if self.wanted(sc.name, sc.quick)]
+            ideal = [sc for sc in IDEAL if self.wanted(sc.name, sc.quick, named=sc.named)]
             if ideal:
                 print("a batcher with nothing in its way (bench/ideal.py):", flush=True)
             for sc in ideal:

@@ -33,6 +33,7 @@ class Scenario:
     clients: int
     texts: int = 1  # per request
     quick: bool = True  # part of --quick
+    named: bool = False  # runs only when named in --only (a supplementary yardstick)
     batch: int = ZERO_BATCH  # zero-cost scenarios: the worker's BATCH_SIZE
 
     def ceiling_n(self, batch_size: int) -> int | None:
@@ -66,11 +67,11 @@ GPU = [
 # bench/ideal_pull.py, embedq's hops through a puller): what the idle and c32 targets ask of
 # embedq, against what nothing-in-the-way reaches here.
 IDEAL = [
-    Scenario("idle-greedy", "greedy", 1),
+    Scenario("idle-greedy", "greedy", 1, named=True),
     Scenario("idle-pull", "pull", 1),
-    Scenario("c32-greedy", "greedy", 32, quick=False),
+    Scenario("c32-greedy", "greedy", 32, named=True),
     Scenario("c32-oracle", "oracle", 32),
-    Scenario("c32-pull", "pull", 32, quick=False),
+    Scenario("c32-pull", "pull", 32, named=True),
 ]
 RTT = [
     Scenario("c256-rtt", "rtt", 256, quick=False),  # its drain alone takes seconds
