@@ -119,4 +119,9 @@ def ideal_line(ideal: dict[str, Any], scenarios: dict[str, dict[str, Any]]) -> s
         for name, over in ideal["idle_over_direct_ms"].items()
         if over is not None
     ]
+    if ideal["cap16_share_of_ceiling32_pct"] is not None:
+        parts.append(
+            f"the double kept busy with 16-text calls {ideal['cap16_share_of_ceiling32_pct']:.1f}%"
+            " of ceiling(32)"
+        )
     return "against an ideal batcher: " + ("; ".join(parts) if parts else "not run")

@@ -64,6 +64,7 @@ def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
     assert ideal["c32_share_pct"]["c32-oracle"] is not None
     assert "c32-greedy" not in results["scenarios"]  # supplementary: only when named
     assert ideal["idle_over_direct_ms"]["idle-pull"] is not None
+    assert "cap16_share_of_ceiling32_pct" in ideal  # measured in full runs
     assert "against an ideal batcher: c32-oracle" in done.stdout
 
 
