@@ -42,6 +42,7 @@ MODES = ("greedy", "oracle")
 
 
 def base64_vector(vector: list[float]) -> str:
+    """A vector as the OpenAI SDK asks for it: base64 of little-endian float32."""
     packed = array("f", vector)
     if sys.byteorder != "little":
         packed.byteswap()
