@@ -31,24 +31,33 @@ async def embeddings(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data, "model": body.get("model")})
 
 
-async def serve(port: int, lifetime: float = LIFETIME) -> None:
-    app = web.Application()
-    app.router.add_post("/v1/embeddings", embeddings)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    bound = runner.addresses[0][1]
-    print(f"listening on http://127.0.0.1:{bound}", flush=True)
+async def until_stopped(lifetime: float = LIFETIME) -> None:
+    """Until SIGTERM or SIGINT, or `lifetime` if the parent forgot this process."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), lifetime)
+
+
+async def serve_until_stopped(app: web.Application, port: int, lifetime: float = LIFETIME) -> None:
+    """Serve `app` on 127.0.0.1:port (0: a free one), print `listening on URL`, and stop
+    on a signal (the bench's helper servers)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), lifetime)
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        print(f"listening on http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
+        await until_stopped(lifetime)
     finally:
         await runner.cleanup()
+
+
+async def serve(port: int, lifetime: float = LIFETIME) -> None:
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", embeddings)
+    await serve_until_stopped(app, port, lifetime)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

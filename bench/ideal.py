@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
-import signal
 import sys
 from array import array
 from collections.abc import Sequence
@@ -32,9 +30,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from .floor import serve_until_stopped
 from .stack import FIXED_MS, GPU_MODEL, PER_TEXT_MS
 
-LIFETIME = 1800.0  # seconds: the process ends by itself if its parent forgot it
 LEAD_MS = 8.0  # oracle: how long before the running call's due end the next one is sent
 LATE_MS = 1.0  # the double's calls end about this late (its event loop shares the cores)
 MAX_BATCH = 64  # texts per call at most, as embedq's worker (BATCH_SIZE)
@@ -47,6 +45,21 @@ def base64_vector(vector: list[float]) -> str:
     if sys.byteorder != "little":
         packed.byteswap()
     return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+async def embed_on_double(
+    session: aiohttp.ClientSession, double_url: str, model: str, texts: list[str]
+) -> list[str]:
+    """One /api/embed call to the double: its vectors in base64, in `texts`' order."""
+    body = orjson.dumps({"model": model, "input": texts})
+    async with session.post(
+        f"{double_url.rstrip('/')}/api/embed",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    ) as resp:
+        resp.raise_for_status()
+        vectors = orjson.loads(await resp.read())["embeddings"]
+    return [base64_vector(v) for v in vectors]
 
 
 class Batcher:
@@ -66,7 +79,7 @@ class Batcher:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        self._url = double_url.rstrip("/") + "/api/embed"
+        self._url = double_url
         self._oracle = mode == "oracle"
         self._lead = lead_ms / 1000
         self._max_batch = max(1, max_batch)
@@ -127,14 +140,9 @@ class Batcher:
 
     async def _call(self, group: list[tuple[str, asyncio.Future[str]]]) -> None:
         assert self._session is not None
-        body = orjson.dumps({"model": self._model, "input": [text for text, _ in group]})
         try:
-            async with self._session.post(
-                self._url, data=body, headers={"Content-Type": "application/json"}
-            ) as resp:
-                resp.raise_for_status()
-                vectors = orjson.loads(await resp.read())["embeddings"]
-            answers = [base64_vector(v) for v in vectors]
+            texts = [text for text, _ in group]
+            answers = await embed_on_double(self._session, self._url, self._model, texts)
         except Exception as exc:
             for _, fut in group:
                 if not fut.done():
@@ -177,27 +185,6 @@ def create_app(batcher: Embedder) -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/embeddings", embeddings)
     return app
-
-
-async def until_stopped() -> None:
-    """Until SIGTERM or SIGINT, or LIFETIME if the parent forgot this process."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), LIFETIME)
-
-
-async def serve_until_stopped(app: web.Application, port: int) -> None:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        print(f"listening on http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
-        await until_stopped()
-    finally:
-        await runner.cleanup()
 
 
 async def serve(double_url: str, mode: str, lead_ms: float, port: int) -> None:

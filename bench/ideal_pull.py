@@ -25,7 +25,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .ideal import MAX_BATCH, base64_vector, create_app, serve_until_stopped, until_stopped
+from .floor import serve_until_stopped, until_stopped
+from .ideal import MAX_BATCH, create_app, embed_on_double
 from .stack import GPU_MODEL
 
 CLAIM_WAIT = 10.0  # seconds a claim waits for texts before it is answered empty
@@ -111,11 +112,8 @@ async def pull(server: str, double: str, model: str = GPU_MODEL) -> None:
             ids = [item for item, _ in items]
             body: dict[str, Any]
             try:
-                call = orjson.dumps({"model": model, "input": [text for _, text in items]})
-                async with session.post(f"{double}/api/embed", data=call) as resp:
-                    resp.raise_for_status()
-                    vectors = orjson.loads(await resp.read())["embeddings"]
-                body = {"ids": ids, "vectors": [base64_vector(v) for v in vectors]}
+                texts = [text for _, text in items]
+                body = {"ids": ids, "vectors": await embed_on_double(session, double, model, texts)}
             except (aiohttp.ClientError, KeyError, ValueError) as exc:
                 body = {"ids": ids, "error": f"the double: {exc}"}
             task = asyncio.create_task(_post(session, f"{server}/results", body))
