@@ -3,7 +3,9 @@ that went through the queue against `expected_bytes(model, text)` without a real
 
 A vector is seeded from sha256(model, text), its components are int16 draws from that seed,
 cut to `dimensions` when asked and then L2-normalised and rounded to float32 (so the floats
-of `expected_vector` are exactly the values the float32 bytes hold).
+of `expected_vector` are exactly the values the float32 bytes hold). In JSON each value is
+the shortest decimal that reads back as the same float32, as Ollama (Go, `[]float32`) and
+OpenAI write them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import random
 import sys
 from functools import lru_cache
 
+import numpy as np
 import orjson
 
 DEFAULT_DIM = 768  # nomic-embed-text's size
@@ -35,12 +38,9 @@ def expected_bytes(
     if size < 1:
         raise ValueError(f"dimensions must be positive, got {size}")
     seed = hashlib.sha256(f"{canonical_model(model)}\0{text}".encode()).digest()
-    raw = array.array("h", random.Random(seed).randbytes(2 * size))
-    scale = 1.0 / (math.hypot(*raw) or 1.0)
-    packed = array.array("f", map(scale.__mul__, raw))
-    if sys.byteorder != "little":
-        packed.byteswap()
-    return packed.tobytes()
+    raw = np.frombuffer(random.Random(seed).randbytes(2 * size), dtype=np.int16)
+    scale = 1.0 / (math.hypot(*raw.tolist()) or 1.0)
+    return (raw * scale).astype("<f4").tobytes()  # each value rounded to the nearest float32
 
 
 def expected_vector(
@@ -58,10 +58,12 @@ def expected_vector(
 def expected_json(
     model: str, text: str, dimensions: int | None = None, dim: int = DEFAULT_DIM
 ) -> str:
-    """The fake vector as a JSON array. orjson writes each float32 value's shortest exact
-    form, about five times faster than %-formatting: the doubles stand in for a GPU, and
-    their own Python work should cost as little as a real server's JSON does."""
-    return orjson.dumps(expected_vector(model, text, dimensions, dim)).decode()
+    """The fake vector as a JSON array of float32 values, each in its shortest form (about
+    11 characters where a float64's took 20: half the bytes, as Ollama sends). The doubles
+    stand in for a GPU on another machine, so their own Python work should cost as little
+    as a real server's JSON does (a third of what formatting float64 values took)."""
+    values = np.frombuffer(expected_bytes(model, text, dimensions, dim), dtype="<f4")
+    return orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def fake_token_count(text: str) -> int:

@@ -58,6 +58,18 @@ def test_json_form_gives_back_the_same_float32() -> None:
     assert struct.pack("<32f", *values) == expected_bytes("m", "text", None, 32)
 
 
+def test_json_writes_each_value_as_its_shortest_float32_form_as_ollama_does() -> None:
+    """Go writes a []float32 with the fewest digits that read back as the same float32 (at
+    most 9 significant ones); a float64's repr of the same value takes about 17."""
+    tokens = expected_json("nomic-embed-text", "text").strip("[]").split(",")
+    assert len(tokens) == 768
+    for token in tokens:
+        mantissa = token.lstrip("-").split("e")[0].replace(".", "").lstrip("0")
+        assert 1 <= len(mantissa) <= 9, token
+    as_float32 = struct.pack("<768f", *map(float, tokens))
+    assert as_float32 == expected_bytes("nomic-embed-text", "text")
+
+
 def test_token_counts_grow_with_the_text() -> None:
     assert fake_token_count("") == 1
     assert fake_token_count("abcd" * 10) == 11
