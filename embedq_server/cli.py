@@ -22,6 +22,7 @@ from .logs import setup_logging
 from .settings import Settings
 
 log = logging.getLogger("embedq.server")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @contextlib.contextmanager
@@ -51,18 +52,37 @@ async def serve(settings: Settings, url: str) -> None:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, _stop_once, stop)
     sdnotify.ready()
     try:
         await stop.wait()
         sdnotify.stopping()
         log.info("shutting down grace=%.0fs", settings.shutdown_grace)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         await runner.cleanup()
+        _ignore_stop_signals(loop)
         log.info("stopped")
+
+
+def _stop_once(stop: asyncio.Event) -> None:
+    if stop.is_set():
+        log.info("already stopping: waiting for the requests in flight and the database")
+    stop.set()
+
+
+def _ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """From here on a repeated SIGTERM or SIGINT (a shell's trap after the terminal's
+    Ctrl-C, an impatient operator) is ignored instead of killing the process: it would
+    cut short the embedded PostgreSQL's stop and leave the database running with nobody
+    to stop it. Blocked while the loop's handlers go, so none lands in between."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)  # restores the default action...
+            signal.signal(sig, signal.SIG_IGN)  # ...which must not run
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def build_parser() -> argparse.ArgumentParser:
