@@ -10,11 +10,9 @@ OpenAI write them.
 
 from __future__ import annotations
 
-import array
 import hashlib
 import math
 import random
-import sys
 from functools import lru_cache
 
 import numpy as np
@@ -47,11 +45,10 @@ def expected_vector(
     model: str, text: str, dimensions: int | None = None, dim: int = DEFAULT_DIM
 ) -> list[float]:
     """The fake vector as floats: unit length, `dimensions` long when given."""
-    unpacked = array.array("f")
-    unpacked.frombytes(expected_bytes(model, text, dimensions, dim))
-    if sys.byteorder != "little":
-        unpacked.byteswap()
-    return unpacked.tolist()
+    values: list[float] = np.frombuffer(
+        expected_bytes(model, text, dimensions, dim), dtype="<f4"
+    ).tolist()
+    return values
 
 
 @lru_cache(maxsize=4096)

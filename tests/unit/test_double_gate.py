@@ -62,7 +62,7 @@ async def test_only_the_rest_of_the_cost_is_slept_after_the_body(
 async def test_a_queued_call_starts_when_the_one_ahead_was_due_not_when_the_loop_woke(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Every wake-up here comes LATE_MS after its due time, as on a loaded host. The second
+    """Every wake-up here comes `late_ms` after its due time, as on a loaded host. The second
     call, queued behind the first, must not pay that lateness: its sleep is shortened by
     it, and the modelled GPU was busy for exactly the two calls' costs."""
     late_ms = 20.0
