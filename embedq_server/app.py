@@ -10,7 +10,7 @@ from aiohttp import web
 
 from embedq_common import sdnotify
 
-from . import metrics, openai_api, openapi, status_page, tasks_api, worker_api
+from . import channel, metrics, openai_api, openapi, status_page, tasks_api, worker_api
 from .admission import Admission
 from .auth import TokenSet
 from .database import create_pool
@@ -126,4 +126,5 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     openapi.setup(app)
     tasks_api.setup(app)
     worker_api.setup(app)
+    channel.setup(app)  # the worker routes again, as messages on one WebSocket
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -52,8 +53,8 @@ def error_type(status: int) -> str:
     return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
-def error_response(error: ApiError) -> web.Response:
-    body = {
+def error_body(error: ApiError) -> dict[str, Any]:
+    return {
         "error": {
             "message": error.message,
             "type": error_type(error.status),
@@ -61,11 +62,24 @@ def error_response(error: ApiError) -> web.Response:
             "code": error.code,
         }
     }
+
+
+def error_response(error: ApiError) -> web.Response:
     return web.Response(
         status=error.status,
-        body=json.dumps(body).encode(),
+        body=json.dumps(error_body(error)).encode(),
         content_type="application/json",
         headers=error.headers,
+    )
+
+
+def database_unavailable() -> ApiError:
+    """PostgreSQL restarting or unreachable: a clear, retryable answer, never a 500."""
+    return ApiError(
+        503,
+        "the database is unavailable; retry shortly",
+        code="database_unavailable",
+        headers={"Retry-After": "1"},
     )
 
 
@@ -108,14 +122,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except DATABASE_DOWN as exc:
         # PostgreSQL restarting or unreachable: a clear, retryable answer, never a 500.
         log.warning("database unavailable path=%s error=%r", request.path, exc)
-        return error_response(
-            ApiError(
-                503,
-                "the database is unavailable; retry shortly",
-                code="database_unavailable",
-                headers={"Retry-After": "1"},
-            )
-        )
+        return error_response(database_unavailable())
     except Exception:
         log.exception("unhandled error method=%s path=%s", request.method, request.path)
         return error_response(ApiError(500, "internal server error", code="internal_error"))

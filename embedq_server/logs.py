@@ -50,7 +50,7 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
     if offered and _CLEAN_ID.match(offered):
         request_id = offered
     else:
-        request_id = f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
+        request_id = new_request_id()
     token = REQUEST_ID.set(request_id)
     started = time.monotonic()
     response: web.StreamResponse | None = None
@@ -61,15 +61,28 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
     finally:
         status = response.status if response is not None else 500
         task = response.headers.get("X-Embedq-Task") if response is not None else None
-        asyncio.get_running_loop().call_soon(
-            functools.partial(
-                log.info,
-                "request method=%s path=%s status=%d ms=%.1f%s",
-                request.method,
-                request.path,
-                status,
-                (time.monotonic() - started) * 1000,
-                f" task_id={task}" if task else "",
-            )
-        )
+        log_request(request.method, request.path, status, started, task)
         REQUEST_ID.reset(token)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
+
+
+def log_request(
+    method: str, path: str, status: int, started: float, task: str | None = None
+) -> None:
+    """One line for a request that ended (`started`: its time.monotonic() start), logged in
+    the next turn of the loop, after the answer is written. The scheduled call keeps the
+    current context, so the line still carries the request id."""
+    asyncio.get_running_loop().call_soon(
+        functools.partial(
+            log.info,
+            "request method=%s path=%s status=%d ms=%.1f%s",
+            method,
+            path,
+            status,
+            (time.monotonic() - started) * 1000,
+            f" task_id={task}" if task else "",
+        )
+    )

@@ -216,6 +216,22 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+class RequestCounts:
+    """The request counter and durations, for requests that are not HTTP requests of their
+    own (a message on the worker channel counts as its route with method WS)."""
+
+    def __init__(self, requests: Counter, durations: Histogram) -> None:
+        self._requests = requests
+        self._durations = durations
+
+    def count(self, method: str, route: str, status: int, started: float) -> None:
+        self._requests.labels(method, route, str(status)).inc()
+        self._durations.labels(route).observe(time.monotonic() - started)
+
+
+REQUEST_COUNTS = web.AppKey("request_counts", RequestCounts)
+
+
 def setup(app: web.Application, *, token: str | None = None) -> None:
     """Give `app` its registry, the request-counting middleware (outermost, so it sees the
     final status), GET /metrics and GET /ready. `token` (default: $METRICS_TOKEN) makes
@@ -228,7 +244,8 @@ def setup(app: web.Application, *, token: str | None = None) -> None:
         registry.register(metric)
     requests = Counter(
         "embedq_http_requests",
-        "HTTP requests answered, by method, route pattern and status.",
+        "HTTP requests answered, and worker channel messages (method WS), by method, route "
+        "pattern and status.",
         ["method", "route", "status"],
         registry=registry,
     )
@@ -242,6 +259,7 @@ def setup(app: web.Application, *, token: str | None = None) -> None:
     collector = QueueCollector(app)
     registry.register(collector)
     app[METRICS_REGISTRY] = registry
+    app[REQUEST_COUNTS] = RequestCounts(requests, durations)
     token = token if token is not None else os.environ.get(METRICS_TOKEN_ENV) or None
 
     @web.middleware

@@ -610,6 +610,27 @@ def _paths(settings: Settings) -> Schema:
                 ),
             }
         },
+        "/worker/channel": {
+            "get": {
+                "operationId": "workerChannel",
+                "summary": "The four worker routes above as messages on one WebSocket",
+                "description": (
+                    "What embedq-worker uses (WORKER_CHANNEL=off: the routes above). Binary "
+                    'frames. To the server: a line of JSON `{"id": n, "op": op}` (op: claim, '
+                    "heartbeat, release or complete), a newline, then the body that op's "
+                    "route takes (for complete, the application/x-embedq-results layout); "
+                    '`{"id": n, "op": "cancel"}` gives up claim n (what it leased goes '
+                    'back). From the server: `{"id": n, "status": s, "body": ...}`, the '
+                    "status and JSON body the route would have answered."
+                ),
+                "security": worker,
+                "responses": _responses(
+                    "BadRequest",
+                    "Unauthorized",
+                    s101={"description": "Switching to the WebSocket protocol."},
+                ),
+            }
+        },
         "/health": {
             "get": {
                 "operationId": "health",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -70,10 +71,10 @@ def _storable(text: str) -> str:
 
 async def _body(request: web.Request) -> tuple[dict[str, Any], WorkerInfo]:
     require(request, request.app[WORKER_TOKENS], "worker")
-    return _identified(await read_json(request))
+    return identified(await read_json(request))
 
 
-def _identified(body: Any, what: str = "the request body") -> tuple[dict[str, Any], WorkerInfo]:
+def identified(body: Any, what: str = "the request body") -> tuple[dict[str, Any], WorkerInfo]:
     """The body as an object, and the worker it names."""
     if not isinstance(body, dict):
         raise ApiError(400, f"{what} must be a JSON object, not {json_type(body)}")
@@ -115,46 +116,57 @@ def _lease(body: dict[str, Any]) -> str:
 
 async def claim(request: web.Request) -> web.Response:
     body, info = await _body(request)
+
+    def gone() -> bool:
+        return request.transport is None or request.transport.is_closing()
+
+    return web.json_response(await claim_op(request.app, body, info, gone))
+
+
+async def claim_op(
+    app: web.Application, body: dict[str, Any], info: WorkerInfo, gone: Callable[[], bool]
+) -> dict[str, Any]:
+    """A claim's answer (`gone`: the worker hung up meanwhile: hand back what it got)."""
     if not info.models:
         raise ApiError(400, "models must name at least one model", param="models")
     max_items = _field(body, "max_items", int, default=32)
     wait = _field(body, "wait_seconds", (int, float), default=0)
-    settings = request.app[SETTINGS]
+    settings = app[SETTINGS]
     if max_items < 1:
         raise ApiError(400, "max_items must be at least 1", param="max_items")
     if wait < 0:
         raise ApiError(400, "wait_seconds must be at least 0", param="wait_seconds")
-    result = await request.app[QUEUE].claim(
-        info,
-        info.models,
-        max_items,
-        min(float(wait), settings.claim_wait),
-        gone=lambda: request.transport is None or request.transport.is_closing(),
+    result = await app[QUEUE].claim(
+        info, info.models, max_items, min(float(wait), settings.claim_wait), gone=gone
     )
-    return web.json_response(
-        {
-            "lease": result.lease,
-            "lease_seconds": settings.lease_seconds,
-            "items": [
-                {
-                    "id": item.id,
-                    "input": item.input,
-                    "model": item.model,
-                    "dimensions": item.dimensions or None,
-                    "attempts": item.attempts,
-                }
-                for item in result.items
-            ],
-        }
-    )
+    return {
+        "lease": result.lease,
+        "lease_seconds": settings.lease_seconds,
+        "items": [
+            {
+                "id": item.id,
+                "input": item.input,
+                "model": item.model,
+                "dimensions": item.dimensions or None,
+                "attempts": item.attempts,
+            }
+            for item in result.items
+        ],
+    }
 
 
 async def heartbeat(request: web.Request) -> web.Response:
     body, info = await _body(request)
-    held = await request.app[QUEUE].heartbeat(_lease(body), info)
+    return web.json_response(await heartbeat_op(request.app, body, info))
+
+
+async def heartbeat_op(
+    app: web.Application, body: dict[str, Any], info: WorkerInfo
+) -> dict[str, Any]:
+    held = await app[QUEUE].heartbeat(_lease(body), info)
     if held == 0:
         raise ApiError(409, "lease lost: it expired or its items were finished", code="lease_lost")
-    return web.json_response({"held": held, "lease_seconds": request.app[SETTINGS].lease_seconds})
+    return {"held": held, "lease_seconds": app[SETTINGS].lease_seconds}
 
 
 def _result_entry(entry: Any, holds: str) -> tuple[int, int]:
@@ -201,14 +213,17 @@ def _results(body: dict[str, Any]) -> list[tuple[int, bytes, int]]:
 async def _binary_body(
     request: web.Request,
 ) -> tuple[dict[str, Any], WorkerInfo, list[tuple[int, bytes, int]]]:
+    require(request, request.app[WORKER_TOKENS], "worker")
+    return raw_results(await request.read())
+
+
+def raw_results(raw: bytes) -> tuple[dict[str, Any], WorkerInfo, list[tuple[int, bytes, int]]]:
     """A results body in RESULTS_TYPE (layout in embedq_common.protocol). No base64 on
     either side: a quarter fewer bytes on the GPU's uplink, and no encoding."""
-    require(request, request.app[WORKER_TOKENS], "worker")
-    raw = await request.read()
     head, newline, vectors = raw.partition(b"\n")
     if not newline:
         raise ApiError(400, "a results body starts with one line of JSON and a newline")
-    body, info = _identified(parse_json(head, "the results header"), "the results header")
+    body, info = identified(parse_json(head, "the results header"), "the results header")
     out: list[tuple[int, bytes, int]] = []
     start = 0
     for entry in _field(body, "results", list, default=[]):
@@ -256,37 +271,45 @@ async def complete(request: web.Request) -> web.Response:
     else:
         body, _info = await _body(request)
         results = _results(body)
+    status, payload = await complete_op(request.app, body, results)
+    return web.json_response(payload, status=status)
+
+
+async def complete_op(
+    app: web.Application, body: dict[str, Any], results: list[tuple[int, bytes, int]]
+) -> tuple[int, dict[str, Any]]:
+    """Store posted results: (status, answer); 409 when nothing was accepted."""
     lease = _lease(body)
     failures = _failures(body)
     revision = _opt_str(body, "model_revision")
-    done, failed = await request.app[QUEUE].complete(lease, results, failures, revision)
+    done, failed = await app[QUEUE].complete(lease, results, failures, revision)
     refused = sorted({r[0] for r in results} - set(done) | {f.id for f in failures} - set(failed))
-    payload = {"completed": done, "failed": failed, "refused": refused}
+    payload: dict[str, Any] = {"completed": done, "failed": failed, "refused": refused}
     if refused and not done and not failed:
-        return web.json_response(
-            {
-                "error": {
-                    "message": "lease lost: these results arrived after the lease expired "
-                    "or were already posted",
-                    "type": "conflict_error",
-                    "param": "lease",
-                    "code": "lease_lost",
-                },
-                **payload,
+        return 409, {
+            "error": {
+                "message": "lease lost: these results arrived after the lease expired "
+                "or were already posted",
+                "type": "conflict_error",
+                "param": "lease",
+                "code": "lease_lost",
             },
-            status=409,
-        )
-    return web.json_response(payload)
+            **payload,
+        }
+    return 200, payload
 
 
 async def release(request: web.Request) -> web.Response:
     body, _info = await _body(request)
+    return web.json_response(await release_op(request.app, body))
+
+
+async def release_op(app: web.Application, body: dict[str, Any]) -> dict[str, Any]:
     ids = [_id(i) for i in _field(body, "ids", list)]
     valid = [i for i in ids if i is not None]
     if len(valid) < len(ids):
         raise ApiError(400, "ids must be item ids (positive integers)", param="ids")
-    released = await request.app[QUEUE].release(_lease(body), valid)
-    return web.json_response({"released": released})
+    return {"released": await app[QUEUE].release(_lease(body), valid)}
 
 
 def setup(app: web.Application) -> None:

@@ -75,6 +75,7 @@ async def amain(settings: WorkerSettings) -> int:
             name=settings.name,
             models=sorted(backends),
             backend=",".join(kinds),
+            channel=settings.channel,
         ) as client:
             runner = Runner(
                 settings, client, backends, on_batch=metrics.on_batch if metrics else None

@@ -18,6 +18,7 @@ import orjson
 from embedq_common.protocol import RESULTS_TYPE
 
 from . import __version__
+from .channel import PATH, Channel, ChannelUnsupported
 
 log = logging.getLogger("embedq.worker.server")
 
@@ -78,7 +79,10 @@ class ServerClient:
         name: str,
         models: list[str],
         backend: str,
+        channel: bool = True,
     ) -> None:
+        """`channel`: call the server on one WebSocket (embedq_worker/channel.py) rather than
+        an HTTP request per call, if the server has it."""
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._identity = {
@@ -90,6 +94,8 @@ class ServerClient:
         }
         self._session: aiohttp.ClientSession | None = None
         self._raw_results = True  # until a server says it does not take RESULTS_TYPE
+        self._use_channel = channel
+        self._channel: Channel | None = None
 
     async def __aenter__(self) -> ServerClient:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
@@ -97,11 +103,20 @@ class ServerClient:
             headers=headers,
             connector=aiohttp.TCPConnector(limit=16, keepalive_timeout=60),
         )
+        if self._use_channel:
+            self._channel = Channel(self._session, self.base_url + PATH, self._release_body)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._channel is not None:
+            await self._channel.close()
         if self._session is not None:
             await self._session.close()
+
+    @property
+    def on_channel(self) -> bool:
+        """Calls go on the worker channel (until the server turns out not to have one)."""
+        return self._channel is not None
 
     async def _post(self, path: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         body = _json({**self._identity, **payload})
@@ -112,23 +127,22 @@ class ServerClient:
     ) -> dict[str, Any]:
         assert self._session is not None, "use ServerClient as an async context manager"
         try:
+            if self._channel is not None:
+                try:
+                    status, data = await self._channel.call(path.rsplit("/", 1)[1], body, timeout)
+                    return _checked(path, status, data)
+                except ChannelUnsupported as exc:
+                    log.warning("the server has no worker channel (%s): calling it over HTTP", exc)
+                    await self._channel.close()
+                    self._channel = None
             async with self._session.post(
                 self.base_url + path,
                 data=body,
                 headers={"Content-Type": content_type},
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
-                data: dict[str, Any] = await resp.json(content_type=None)
-                if resp.status == 409:
-                    raise LeaseLost(_message(data))
-                if resp.status == 415:
-                    raise Unsupported(f"{path}: HTTP 415: {_message(data)}")
-                if resp.status >= 500 or resp.status == 429:
-                    raise ServerError(f"{path}: HTTP {resp.status}: {_message(data)}")
-                if resp.status >= 400:
-                    raise Rejected(f"{path}: HTTP {resp.status}: {_message(data)}")
-                return data
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                return _checked(path, resp.status, await resp.json(content_type=None))
+        except (aiohttp.ClientError, ConnectionError, TimeoutError, ValueError) as exc:
             raise ServerError(f"{path}: {exc!r}") from exc
 
     async def claim(self, max_items: int, wait: float) -> Batch:
@@ -159,7 +173,7 @@ class ServerClient:
                 {"id": f.id, "error": f.error, "code": f.code, "retry": f.retry} for f in failures
             ],
         }
-        if self._raw_results:
+        if self._raw_results or self._channel is not None:  # the channel takes raw results
             head["results"] = [{"id": i, "bytes": len(v), "tokens": t} for i, v, t in results]
             body = b"".join([_json(head), b"\n", *(v for _, v, _ in results)])
             try:
@@ -173,9 +187,29 @@ class ServerClient:
         ]
         return await self._send("/worker/complete", _json(head), "application/json", 60)
 
+    def _release_body(self, claimed: dict[str, Any]) -> bytes:
+        """A hand-back of everything a claim's answer (`claimed`) leased."""
+        ids = [item["id"] for item in claimed["items"]]
+        return _json({**self._identity, "lease": claimed["lease"], "ids": ids})
+
     async def release(self, lease: str, ids: list[int]) -> list[int]:
         data = await self._post("/worker/release", {"lease": lease, "ids": ids}, timeout=15)
         return list(data["released"])
+
+
+def _checked(path: str, status: int, data: Any) -> dict[str, Any]:
+    """The answer, or the exception its status means."""
+    if status == 409:
+        raise LeaseLost(_message(data))
+    if status == 415:
+        raise Unsupported(f"{path}: HTTP 415: {_message(data)}")
+    if status >= 500 or status == 429:
+        raise ServerError(f"{path}: HTTP {status}: {_message(data)}")
+    if status >= 400:
+        raise Rejected(f"{path}: HTTP {status}: {_message(data)}")
+    if not isinstance(data, dict):
+        raise ServerError(f"{path}: HTTP {status}: not a JSON object: {str(data)[:300]}")
+    return data
 
 
 def _json(value: Any) -> bytes:

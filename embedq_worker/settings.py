@@ -104,6 +104,14 @@ class WorkerSettings(EnvSettings):
     )
     log_format: str = field(default="text", metadata={"env": "LOG_FORMAT", "help": "text or json"})
     log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL", "help": "log level"})
+    channel: bool = field(
+        default=True,
+        metadata={
+            "env": "WORKER_CHANNEL",
+            "help": "call the server on one WebSocket; off: an HTTP request per call (for "
+            "a proxy that does not pass WebSockets)",
+        },
+    )
     burst: bool = field(
         default=False,
         metadata={"env": "BURST", "help": "exit once the queue is empty (tests, batch jobs)"},
