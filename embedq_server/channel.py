@@ -52,6 +52,7 @@ class _Session:
         self.app = app
         self.ws = ws
         self.running: dict[int, asyncio.Task[None]] = {}
+        self.claims: set[int] = set()  # claims running
         self.cancelled: set[int] = set()  # claims the worker gave up on
 
     def received(self, data: bytes) -> None:
@@ -65,7 +66,7 @@ class _Session:
         if not isinstance(msg_id, int) or isinstance(msg_id, bool) or not 0 <= msg_id < MAX_ID:
             raise ApiError(400, 'a message starts with a line {"id": n, "op": op}, n an integer')
         if op == "cancel":
-            if msg_id in self.running:
+            if msg_id in self.claims:
                 self.cancelled.add(msg_id)
             return
         if msg_id in self.running:
@@ -78,6 +79,8 @@ class _Session:
     def _start(self, msg_id: int, op: str, work: Awaitable[Answer]) -> None:
         task = asyncio.create_task(self._answer(msg_id, op, work), name=f"channel-{op}")
         self.running.setdefault(msg_id, task)
+        if op == "claim":
+            self.claims.add(msg_id)
 
     async def _refuse(self, message: str, status: int = 400) -> Answer:
         raise ApiError(status, message)
@@ -103,7 +106,7 @@ class _Session:
         route = _ROUTES.get(op, PATH)
         try:
             status, payload = await _outcome(work, route)
-            if msg_id in self.cancelled:  # a claim given up on: it is answered empty
+            if op == "claim" and msg_id in self.cancelled:  # given up on: answered empty
                 status, payload = 200, await _handed_back(self.app, op, payload)
             sent = await self._send(msg_id, status, payload)
             if not sent:
@@ -111,9 +114,10 @@ class _Session:
             log_request("WS", route, status, started)
             self.app[REQUEST_COUNTS].count("WS", route, status, started)
         finally:
-            if self.running.get(msg_id) is asyncio.current_task():
+            if self.running.get(msg_id) is asyncio.current_task():  # not a duplicate's
                 del self.running[msg_id]
-            self.cancelled.discard(msg_id)
+                self.claims.discard(msg_id)
+                self.cancelled.discard(msg_id)
             REQUEST_ID.reset(token)
 
     async def _send(self, msg_id: int, status: int, payload: dict[str, Any]) -> bool:

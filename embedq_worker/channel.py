@@ -4,8 +4,8 @@ and the frames: embedq_server/channel.py).
 An HTTP request costs aiohttp's client and server more than a message on an open socket
 (a cold round trip here: 0.82-0.94 ms against 0.28-0.30 ms), and an idle request waits for
 two of the worker's calls: the claim's answer and the results' post. The socket is opened
-on the first call and again after it drops; a server without the channel (an older one
-answers its handshake 404) is called over HTTP from then on.
+on the first call and again after it drops; a server whose handshake is refused (an older
+one answers 404, a proxy that passes no WebSockets 400) is called over HTTP from then on.
 """
 
 from __future__ import annotations
@@ -57,13 +57,14 @@ class Channel:
 
     async def call(self, op: str, body: bytes, timeout: float) -> tuple[int, Any]:
         """(status, JSON answer) of one operation, as its HTTP route would answer it."""
-        ws = await self._open(timeout)
+        async with asyncio.timeout(timeout):
+            ws = await self._open()
         msg_id = next(self._ids)
         answer: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[msg_id] = answer
         try:
-            await ws.send_bytes(orjson.dumps({"id": msg_id, "op": op}) + b"\n" + body)
             async with asyncio.timeout(timeout):
+                await ws.send_bytes(orjson.dumps({"id": msg_id, "op": op}) + b"\n" + body)
                 return await asyncio.shield(answer)
         except BaseException:
             if op == "claim":
@@ -72,7 +73,7 @@ class Channel:
         finally:
             self._waiting.pop(msg_id, None)
 
-    async def _open(self, timeout: float) -> aiohttp.ClientWebSocketResponse:
+    async def _open(self) -> aiohttp.ClientWebSocketResponse:
         async with self._connecting:
             if self._ws is not None and not self._ws.closed:
                 return self._ws
@@ -82,10 +83,12 @@ class Channel:
                     heartbeat=HEARTBEAT,
                     compress=0,
                     max_msg_size=0,  # claims of many long texts: the server bounds them
-                    timeout=aiohttp.ClientWSTimeout(ws_close=min(timeout, 10.0)),
+                    timeout=aiohttp.ClientWSTimeout(ws_close=10.0),
                 )
             except aiohttp.WSServerHandshakeError as exc:
-                if exc.status in (404, 405):
+                # Refused for good (an older server, a proxy that passes no WebSockets, a
+                # token the HTTP routes will refuse clearly): those are called over HTTP.
+                if exc.status < 500 and exc.status != 429:
                     raise ChannelUnsupported(f"{self._url}: HTTP {exc.status}") from exc
                 raise
             self._ws = ws

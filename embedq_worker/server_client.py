@@ -132,7 +132,7 @@ class ServerClient:
                     status, data = await self._channel.call(path.rsplit("/", 1)[1], body, timeout)
                     return _checked(path, status, data)
                 except ChannelUnsupported as exc:
-                    log.warning("the server has no worker channel (%s): calling it over HTTP", exc)
+                    log.warning("worker channel refused (%s): calling the server over HTTP", exc)
                     await self._channel.close()
                     self._channel = None
             async with self._session.post(

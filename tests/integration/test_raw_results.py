@@ -101,12 +101,21 @@ async def test_malformed_raw_results_are_refused_with_the_reason(app_client, bod
     assert task is not None and task.remaining == 1  # nothing completed from it
 
 
-async def test_the_worker_client_posts_raw_results(app_client):
+TRANSPORTS = pytest.mark.parametrize("channel", [True, False], ids=["channel", "http"])
+
+
+@TRANSPORTS
+async def test_the_worker_client_posts_raw_results(app_client, channel):
     client = await app_client()
     queue = client.server.app[QUEUE]
     task_id, _, _ = await queue.submit("owner-1", "m", 0, ["x"])
     async with ServerClient(
-        str(client.make_url("")), WORKER_TOKEN, name="w1", models=["m"], backend="test"
+        str(client.make_url("")),
+        WORKER_TOKEN,
+        name="w1",
+        models=["m"],
+        backend="test",
+        channel=channel,
     ) as server:
         batch = await server.claim(8, 0)
         vector = struct.pack("<2f", 0.5, 0.25)
@@ -146,13 +155,19 @@ async def test_the_worker_client_falls_back_to_json_for_a_server_without_raw_res
     assert seen == [RESULTS_TYPE, "application/json", "application/json"]
 
 
-async def test_a_backend_error_with_a_lone_surrogate_still_posts(app_client):
+@TRANSPORTS
+async def test_a_backend_error_with_a_lone_surrogate_still_posts(app_client, channel):
     """orjson refuses lone surrogates; such a message must not cost the batch its post."""
     client = await app_client()
     queue = client.server.app[QUEUE]
     task_id, _, _ = await queue.submit("owner-1", "m", 0, ["x", "y"])
     async with ServerClient(
-        str(client.make_url("")), WORKER_TOKEN, name="w1", models=["m"], backend="test"
+        str(client.make_url("")),
+        WORKER_TOKEN,
+        name="w1",
+        models=["m"],
+        backend="test",
+        channel=channel,
     ) as server:
         batch = await server.claim(8, 0)
         first, second = batch.items
