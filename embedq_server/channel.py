@@ -172,6 +172,9 @@ async def channel(request: web.Request) -> web.WebSocketResponse:
     channels.add(ws)
     try:
         async for msg in ws:
+            if msg.type == WSMsgType.ERROR:  # a frame over MAX_BODY_BYTES, say: aiohttp closes
+                log.warning("worker channel closed: %r", ws.exception())
+                break
             if msg.type != WSMsgType.BINARY:
                 await session.refused_frame(ApiError(400, "worker channel frames are binary"))
                 break

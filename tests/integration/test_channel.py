@@ -278,6 +278,17 @@ async def test_a_text_frame_closes_the_channel(app_client):
         assert msg.data == WSCloseCode.PROTOCOL_ERROR
 
 
+async def test_a_frame_over_the_body_limit_closes_the_channel_as_too_big(app_client):
+    """MAX_BODY_BYTES bounds a message as it bounds an HTTP body."""
+    client = await app_client(max_body_bytes=4096)
+    async with client.ws_connect("/worker/channel", headers=WORKER) as ws:
+        await ws.send_bytes(frame(1, "claim", claim_body()) + b" " * 8192)
+        async with asyncio.timeout(GUARD):
+            msg = await ws.receive()
+        assert msg.type == WSMsgType.CLOSE, (msg.type, msg.data)
+        assert msg.data == WSCloseCode.MESSAGE_TOO_BIG
+
+
 async def test_answers_come_by_id_not_in_order(app_client):
     """A long-polling claim does not hold up the heartbeat sent after it."""
     client = await app_client()
