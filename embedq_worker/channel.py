@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -53,7 +53,7 @@ class Channel:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[tuple[int, Any]]] = {}
         self._given_up: set[int] = set()  # claims whose caller left: release what they bring
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Future[None]] = set()
 
     async def call(self, op: str, body: bytes, timeout: float) -> tuple[int, Any]:
         """(status, JSON answer) of one operation, as its HTTP route would answer it."""
@@ -143,8 +143,8 @@ class Channel:
             status, _ = await self.call("release", self._release_body(claimed), 15.0)
             log.info("handed back a claim answered after it was given up status=%d", status)
 
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task: asyncio.Future[None] = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
