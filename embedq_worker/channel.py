@@ -63,6 +63,8 @@ class Channel:
         answer: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[msg_id] = answer
         try:
+            if not self._reading():  # nothing would answer it
+                raise ChannelClosed("worker channel closed")
             async with asyncio.timeout(timeout):
                 await ws.send_bytes(orjson.dumps({"id": msg_id, "op": op}) + b"\n" + body)
                 return await asyncio.shield(answer)
@@ -75,8 +77,10 @@ class Channel:
 
     async def _open(self) -> aiohttp.ClientWebSocketResponse:
         async with self._connecting:
-            if self._ws is not None and not self._ws.closed:
+            if self._ws is not None and not self._ws.closed and self._reading():
                 return self._ws
+            if self._ws is not None:  # its reader stopped: not to be trusted
+                await self._ws.close()
             try:
                 ws = await self._session.ws_connect(
                     self._url,
@@ -95,6 +99,9 @@ class Channel:
             self._reader = asyncio.create_task(self._read(ws), name="channel-reader")
             log.info("worker channel open url=%s", self._url)
             return ws
+
+    def _reading(self) -> bool:
+        return self._reader is not None and not self._reader.done()
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:

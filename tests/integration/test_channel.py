@@ -575,3 +575,32 @@ def test_the_worker_channel_setting():
     assert WorkerSettings.from_env({}).channel is True
     assert WorkerSettings.from_env({"WORKER_CHANNEL": "off"}).channel is False
     assert WorkerSettings.from_env({"WORKER_CHANNEL": "on"}).channel is True
+
+
+async def test_an_unreadable_answer_drops_the_link_and_the_next_call_reconnects(aiohttp_client):
+    """A frame the worker cannot read fails the calls waiting on that socket (instead of
+    leaving them to their timeout), and the next call opens a new one."""
+    handshakes: list[int] = []
+
+    async def channel(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        handshakes.append(len(handshakes) + 1)
+        async for msg in ws:
+            head = orjson.loads(msg.data.partition(b"\n")[0])
+            if len(handshakes) == 1:
+                await ws.send_bytes(b"\xff not json")
+            else:
+                body = {"held": 1, "lease_seconds": 60}
+                await ws.send_bytes(orjson.dumps({"id": head["id"], "status": 200, "body": body}))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/worker/channel", channel)
+    client = await aiohttp_client(app)
+    async with server_client(client) as server:
+        with pytest.raises(ServerError):
+            await server.heartbeat(str(uuid.uuid4()))
+        assert await server.heartbeat(str(uuid.uuid4())) == 1
+        assert server.on_channel
+    assert handshakes == [1, 2]
