@@ -217,8 +217,8 @@ def _route(request: web.Request) -> str:
 
 
 class RequestCounts:
-    """The request counter and durations, for requests that are not HTTP requests of their
-    own (a message on the worker channel counts as its route with method WS)."""
+    """The request counter and durations: for HTTP requests (the middleware), and for
+    messages on the worker channel (counted as their route with method WS)."""
 
     def __init__(self, requests: Counter, durations: Histogram) -> None:
         self._requests = requests
@@ -259,7 +259,7 @@ def setup(app: web.Application, *, token: str | None = None) -> None:
     collector = QueueCollector(app)
     registry.register(collector)
     app[METRICS_REGISTRY] = registry
-    app[REQUEST_COUNTS] = RequestCounts(requests, durations)
+    counts = app[REQUEST_COUNTS] = RequestCounts(requests, durations)
     token = token if token is not None else os.environ.get(METRICS_TOKEN_ENV) or None
 
     @web.middleware
@@ -274,10 +274,8 @@ def setup(app: web.Application, *, token: str | None = None) -> None:
             status = exc.status
             raise
         finally:
-            route = _route(request)
             method = request.method if request.method in _METHODS else "OTHER"
-            requests.labels(method, route, str(status)).inc()
-            durations.labels(route).observe(time.monotonic() - started)
+            counts.count(method, _route(request), status, started)
 
     async def metrics(request: web.Request) -> web.Response:
         if token is not None and not _token_ok(request, token):

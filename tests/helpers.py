@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from embedq_server.settings import Settings
+from embedq_worker.server_client import ServerClient
 
 CLIENT_TOKEN = "client-token-a"
 OTHER_CLIENT_TOKEN = "client-token-b"
@@ -60,3 +61,10 @@ async def wait_until(predicate: Any, timeout: float = 30.0, poll: float = 0.02) 
     while not await predicate():
         assert loop.time() < deadline, "condition not reached in time"
         await asyncio.sleep(poll)
+
+
+def server_client(client: TestClient, **kw: Any) -> ServerClient:
+    """embedq-worker's client to the server under test, as worker w1 of model m."""
+    return ServerClient(
+        str(client.make_url("")), WORKER_TOKEN, name="w1", models=["m"], backend="test", **kw
+    )

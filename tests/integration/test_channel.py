@@ -28,9 +28,9 @@ from tests.helpers import (
     CLIENT,
     CLIENT_TOKEN,
     WORKER,
-    WORKER_TOKEN,
     claim,
     make_settings,
+    server_client,
     wait_until,
 )
 
@@ -422,12 +422,6 @@ async def test_server_shutdown_tells_the_worker_to_go_away(db_url):
 
 
 # -- embedq-worker's client ----------------------------------------------------------------
-
-
-def server_client(client: Any, **kw: Any) -> ServerClient:
-    return ServerClient(
-        str(client.make_url("")), WORKER_TOKEN, name="w1", models=["m"], backend="test", **kw
-    )
 
 
 async def test_the_worker_client_calls_over_the_channel_by_default(app_client):

@@ -16,7 +16,7 @@ from embedq_common.protocol import RESULTS_TYPE
 from embedq_server.keys import QUEUE
 from embedq_worker.server_client import ItemFailure, ServerClient
 from tests.conftest import free_port
-from tests.helpers import WORKER, WORKER_TOKEN, claim
+from tests.helpers import WORKER, WORKER_TOKEN, claim, server_client
 
 
 def raw_body(head: dict[str, Any], vectors: list[bytes]) -> bytes:
@@ -109,14 +109,7 @@ async def test_the_worker_client_posts_raw_results(app_client, channel):
     client = await app_client()
     queue = client.server.app[QUEUE]
     task_id, _, _ = await queue.submit("owner-1", "m", 0, ["x"])
-    async with ServerClient(
-        str(client.make_url("")),
-        WORKER_TOKEN,
-        name="w1",
-        models=["m"],
-        backend="test",
-        channel=channel,
-    ) as server:
+    async with server_client(client, channel=channel) as server:
         batch = await server.claim(8, 0)
         vector = struct.pack("<2f", 0.5, 0.25)
         answer = await server.complete(batch.lease, [(batch.items[0].id, vector, 1)], [], None)
@@ -161,14 +154,7 @@ async def test_a_backend_error_with_a_lone_surrogate_still_posts(app_client, cha
     client = await app_client()
     queue = client.server.app[QUEUE]
     task_id, _, _ = await queue.submit("owner-1", "m", 0, ["x", "y"])
-    async with ServerClient(
-        str(client.make_url("")),
-        WORKER_TOKEN,
-        name="w1",
-        models=["m"],
-        backend="test",
-        channel=channel,
-    ) as server:
+    async with server_client(client, channel=channel) as server:
         batch = await server.claim(8, 0)
         first, second = batch.items
         failure = ItemFailure(second.id, "backend said \ud800 oops", "backend_error", False)
