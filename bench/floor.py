@@ -20,6 +20,7 @@ from aiohttp import web
 from .stack import DIM
 
 LIFETIME = 1800.0  # seconds: the floor server ends by itself if its parent forgot it
+SHUTDOWN_GRACE = 0.5  # seconds open requests get once a helper server is told to stop
 VECTOR = base64.b64encode(bytes(4 * DIM)).decode("ascii")
 
 
@@ -43,8 +44,9 @@ async def until_stopped(lifetime: float = LIFETIME) -> None:
 
 async def serve_until_stopped(app: web.Application, port: int, lifetime: float = LIFETIME) -> None:
     """Serve `app` on 127.0.0.1:port (0: a free one), print `listening on URL`, and stop
-    on a signal (the bench's helper servers)."""
-    runner = web.AppRunner(app, access_log=None)
+    on a signal (the bench's helper servers). Requests still open then (a long-polling
+    claim of bench/ideal_pull.py) get SHUTDOWN_GRACE, not aiohttp's 60 s."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()

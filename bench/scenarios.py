@@ -28,7 +28,8 @@ def ceiling(n: int) -> float:
 class Scenario:
     name: str
     # "direct": the double; "embedq": GPU worker; "rtt": it, 50 ms away; "zero"; "floor";
-    # "greedy" / "oracle": bench.ideal's batcher in that mode; "pull": bench.ideal_pull
+    # "greedy" / "oracle": bench.ideal's batcher in that mode; "pull": bench.ideal_pull with
+    # its timed puller ("pull-greedy": its greedy one)
     via: str
     clients: int
     texts: int = 1  # per request
@@ -67,14 +68,15 @@ GPU = [
     Scenario("t100", "embedq", 8, 100),
 ]
 # The same clients through batchers with no database (bench/ideal.py, one HTTP hop; and
-# bench/ideal_pull.py, embedq's hops through a puller): what the idle and c32 targets ask of
-# embedq, against what nothing-in-the-way reaches here.
+# bench/ideal_pull.py, embedq's hops through a puller timed as embedq's worker): what the
+# idle and c32 targets ask of embedq, against what nothing-in-the-way reaches here.
 IDEAL = [
     Scenario("idle-greedy", "greedy", 1, named=True),
     Scenario("idle-pull", "pull", 1),
     Scenario("c32-greedy", "greedy", 32, named=True),
     Scenario("c32-oracle", "oracle", 32),
-    Scenario("c32-pull", "pull", 32, named=True),
+    Scenario("c32-pull", "pull", 32, quick=False),
+    Scenario("c32-pull-greedy", "pull-greedy", 32, named=True),
 ]
 RTT = [
     Scenario("c256-rtt", "rtt", 256, quick=False),  # its drain alone takes seconds

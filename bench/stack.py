@@ -11,7 +11,7 @@ import socket
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -169,15 +169,23 @@ class Stack:
         wait_listening(self.floor)
         return self.floor
 
-    def start_ideal(self, mode: str) -> Child:
-        """bench.ideal in `mode`, or for "pull" bench.ideal_pull's server and puller."""
+    def start_ideal(
+        self, mode: str, server_args: Sequence[str] = (), puller_args: Sequence[str] = ()
+    ) -> Child:
+        """bench.ideal in `mode`, or for "pull" ("pull-greedy") bench.ideal_pull's server
+        and its timed (greedy) puller, with their extra arguments."""
         assert self.double is not None
-        if mode == "pull":
+        if mode.startswith("pull"):
             self.ideal = spawn(
-                "ideal-pull", "bench.ideal_pull", ["--port", "0"], log_dir=self.log_dir
+                "ideal-pull",
+                "bench.ideal_pull",
+                ["--port", "0", *server_args],
+                log_dir=self.log_dir,
             )
             wait_listening(self.ideal)
-            args = ["--puller", self.ideal.url, "--double", self.double.url]
+            puller = "greedy" if mode == "pull-greedy" else "timed"
+            args = ["--puller", self.ideal.url, "--double", self.double.url, "--mode", puller]
+            args += puller_args
             self.puller = spawn("ideal-puller", "bench.ideal_pull", args, log_dir=self.log_dir)
             wait_for_log(self.puller, "pulling from")
             return self.ideal

@@ -249,8 +249,8 @@ class Runner:
     def _prefetch_delay(self) -> float:
         """How long to hold the next claim: none while a unit is idle or the last claim
         came back full (more is waiting: a later claim would not be bigger); otherwise
-        until the backend is expected to drain, less the lead its next call needs and a
-        claim's round trip, so the claim collects everything that arrives meanwhile."""
+        until the claim's texts would reach the backend just before it drains (pacing.py),
+        so the claim collects everything that arrives meanwhile."""
         if self._backlog:
             return 0.0
         now = time.monotonic()
@@ -258,11 +258,10 @@ class Runner:
         for pipeline in self._pipelines.values():
             if pipeline.in_flight < pipeline.units:
                 return 0.0
-            drain = pipeline.drain_at(now)
-            if drain is None:
+            at = pipeline.claim_at(now, self._last_size, self._round_trips.estimate())
+            if at is None:
                 return 0.0
-            lead = pipeline.lead(self._last_size)
-            delay = max(delay, drain - lead - self._round_trips.estimate() - now)
+            delay = max(delay, at - now)
         return delay
 
     async def _sleep(self, seconds: float) -> None:

@@ -60,7 +60,12 @@ def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
     assert "target" in done.stdout and "verdict" in done.stdout
     # c32 is read against the ideal batchers (bench/ideal.py), each of which was measured.
     ideal = results["against_ideal"]
-    assert ideal["c32_share_pct"].keys() == {"c32-greedy", "c32-oracle", "c32-pull"}
+    assert ideal["c32_share_pct"].keys() == {
+        "c32-greedy",
+        "c32-oracle",
+        "c32-pull",
+        "c32-pull-greedy",
+    }
     assert ideal["c32_share_pct"]["c32-oracle"] is not None
     assert "c32-greedy" not in results["scenarios"]  # supplementary: only when named
     assert ideal["idle_over_direct_ms"]["idle-pull"] is not None
@@ -78,3 +83,16 @@ def test_the_cold_step_measurement_runs(pg_url: str) -> None:
         "HTTP round trip (bench/floor.py)",
     ]
     assert all(row.count(" ms") == 2 for row in rows)
+
+
+def test_the_chain_model_runs_every_row(pg_url: str, tmp_path: Path) -> None:
+    """`python -m bench.chain` (quoted in bench/README): each part of embedq's path, added
+    to the pull shape one at a time, measured and written out."""
+    out = tmp_path / "chain.json"
+    args = ("--passes", "1", "--duration", "0.3", "--warmup", "0.2", "--json", str(out))
+    done = run_module(pg_url, "bench.chain", *args)
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["insert"] == rows[0]["claim"] == rows[0]["complete"] == 0
+    assert rows[-1]["insert"] > 0 and rows[-1]["complete"] > 0 and rows[-1]["busy"] > 0
+    assert all(len(row["ceiling_pct"]) == 1 and row["ceiling_pct"][0] > 0 for row in rows)
+    assert "embedq's path today" in done.stdout

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bench.ideal import Batcher, create_app
-from bench.ideal_pull import PullQueue, create_pull_app, pull
+from bench.ideal_pull import PULLERS, Delays, PullQueue, create_pull_app, pull
 from tests.doubles.ollama import run_ollama_double
 from tests.doubles.vectors import expected_bytes
 
@@ -80,13 +80,20 @@ async def test_bad_input_and_mode_are_refused(aiohttp_client: ClientFactory) -> 
         assert batcher.call_sizes == []
 
 
-async def test_the_pull_shape_answers_through_its_puller(aiohttp_server: Any) -> None:
+@pytest.mark.parametrize(
+    ("mode", "delays"),
+    [(mode, Delays()) for mode in PULLERS] + [("timed", Delays.parse("2,3,4", busy_ms=0.1))],
+)
+async def test_the_pull_shape_answers_through_its_puller(
+    aiohttp_server: Any, mode: str, delays: Delays
+) -> None:
     """bench/ideal_pull.py: requests reach the double only through the puller's claims,
-    and come back with their own vectors; a failed call fails only its requests."""
+    and come back with their own vectors; a failed call fails only its requests. So with
+    either puller, and with the delays bench/chain.py makes the server pay."""
     async with run_ollama_double(dim=DIM, fixed_ms=30, per_text_ms=1) as url:
-        queue = PullQueue()
+        queue = PullQueue(delays=delays)
         server = await aiohttp_server(create_pull_app(queue))
-        puller = asyncio.create_task(pull(str(server.make_url("")).rstrip("/"), url))
+        puller = asyncio.create_task(pull(str(server.make_url("")).rstrip("/"), url, mode))
         try:
             async with aiohttp.ClientSession(base_url=str(server.make_url("/"))) as session:
 
@@ -113,3 +120,12 @@ async def test_the_pull_shape_answers_through_its_puller(aiohttp_server: Any) ->
             await asyncio.gather(puller, return_exceptions=True)
     # With nothing pending a claim waits, then comes back empty.
     assert await PullQueue().claim(wait=0.01) == []
+
+
+def test_the_delays_read_as_milliseconds_in_order() -> None:
+    assert Delays.parse("2,3,4.5", busy_ms=0.2) == Delays(0.002, 0.003, 0.0045, 0.0002)
+    assert Delays.parse("1") == Delays(insert=0.001)
+    assert Delays.parse("") == Delays()
+    for bad in ("1,2,3,4", "-1", "x"):
+        with pytest.raises(ValueError):
+            Delays.parse(bad)

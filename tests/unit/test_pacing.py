@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from embedq_worker.pacing import MIN_SAMPLES, CostModel, Pipeline, RoundTrips
+from embedq_worker.pacing import CLAIM_MARGIN, MIN_SAMPLES, CostModel, Pipeline, RoundTrips
 
 
 def test_cost_model_learns_fixed_plus_per_text() -> None:
@@ -244,3 +244,22 @@ def test_claims_overlap_only_when_a_round_trip_outlasts_a_call() -> None:
     for _ in range(8):
         runner._round_trips.observe(0.070)  # the server is 70 ms away
     assert runner._far()
+
+
+def test_the_claim_aims_its_texts_at_the_backend_a_margin_before_it_drains() -> None:
+    """Aimed at the drain itself, half the calls arrived late and the GPU idled for the
+    whole delay (bench/chain.py: 66% of ceiling(32) against 80% with the margin)."""
+    pipeline = trained(fresh=10.0, queued=8.0)  # lead: 2 s
+    assert CLAIM_MARGIN > 0
+    idle = pipeline.claim_at(100.0, 4, round_trip=0.5)
+    assert idle is not None and idle < 100.0  # nothing in flight: claim at once
+    pipeline.dispatch("a", 4, 100.0)  # ends at 110
+    pipeline.dispatch("b", 4, 101.0)  # then 8 s: drains at 118
+    at = pipeline.claim_at(103.0, 4, round_trip=0.5)
+    assert at == pytest.approx(118.0 - 2.0 - 0.5 - CLAIM_MARGIN)
+
+
+def test_the_claim_time_is_unknown_until_the_costs_are() -> None:
+    pipeline = Pipeline(units=1)
+    pipeline.dispatch("a", 4, 0.0)
+    assert pipeline.claim_at(1.0, 4, round_trip=0.5) is None
