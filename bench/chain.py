@@ -9,7 +9,7 @@ traced in embedq under this load, bench/README), so each part's price reads as p
 ceiling(32), side by side in one run. No database and no embedq process: a yardstick for
 where the target is lost, not a measure of embedq itself.
 
-    python -m bench.chain                  # every row twice, ~5 minutes
+    python -m bench.chain                  # every row twice, ~4-5 minutes
     python -m bench.chain --passes 1 --json chain.json
 """
 
@@ -63,8 +63,10 @@ def rows(insert: float, claim: float, complete: float, busy: float) -> list[Row]
         Row("pull shape, timed as embedq's worker"),
         Row("  the same, claims aimed at the drain", lead=-3.0),
         Row(f"+ claim {half:g} ms", claim=half),
+        Row(f"+ insert {insert:g} (to a claim already waiting)", insert),
         Row(f"+ insert {insert:g}, claim {half:g}", insert, half),
         Row(f"+ insert {insert:g}, claim {claim:g}", insert, claim),
+        Row(f"+ insert {insert:g}, server CPU", insert, busy=busy),
         Row(f"+ insert {insert:g}, claim {half:g}, server CPU", insert, half, busy=busy),
         Row(f"+ insert {insert:g}, claim {claim:g}, server CPU", insert, claim, busy=busy),
         Row(f"+ answers after a completion of {complete:g}", insert, claim, complete),
