@@ -26,18 +26,18 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from embedq_common.protocol import CHANNEL_PATH as PATH
+
 from .auth import require
-from .errors import ApiError, database_unavailable, error_body
+from .errors import ApiError, error_body, unexpected
 from .keys import QUEUE, SETTINGS, WORKER_TOKENS
 from .logs import REQUEST_ID, log_request, new_request_id
 from .metrics import REQUEST_COUNTS
 from .openai_api import parse_json
-from .outage import DATABASE_DOWN
 from .worker_api import claim_op, complete_op, heartbeat_op, identified, raw_results, release_op
 
 log = logging.getLogger("embedq.channel")
 
-PATH = "/worker/channel"
 MAX_ID = 2**53  # message ids: integers JSON carries exactly
 HEARTBEAT = 30.0  # seconds between WebSocket pings: a silently dead worker is noticed
 Answer = tuple[int, dict[str, Any]]
@@ -142,12 +142,9 @@ async def _outcome(work: Awaitable[Answer], route: str) -> Answer:
         return await work
     except ApiError as exc:
         return exc.status, error_body(exc)
-    except DATABASE_DOWN as exc:
-        log.warning("database unavailable path=%s error=%r", route, exc)
-        return 503, error_body(database_unavailable())
-    except Exception:
-        log.exception("unhandled error method=WS path=%s", route)
-        return 500, error_body(ApiError(500, "internal server error", code="internal_error"))
+    except Exception as exc:
+        error = unexpected(exc, "WS", route)
+        return error.status, error_body(error)
 
 
 async def _handed_back(app: web.Application, op: str, payload: dict[str, Any]) -> dict[str, Any]:

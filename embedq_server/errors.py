@@ -119,10 +119,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 headers={"Retry-After": "1", "X-Embedq-Task": exc.task_id},
             )
         )
-    except DATABASE_DOWN as exc:
+    except Exception as exc:
+        return error_response(unexpected(exc, request.method, request.path))
+
+
+def unexpected(exc: Exception, method: str, path: str) -> ApiError:
+    """What an error the handler did not turn into an ApiError answers, logged; call it
+    in the `except` block (the traceback is logged from there)."""
+    if isinstance(exc, DATABASE_DOWN):
         # PostgreSQL restarting or unreachable: a clear, retryable answer, never a 500.
-        log.warning("database unavailable path=%s error=%r", request.path, exc)
-        return error_response(database_unavailable())
-    except Exception:
-        log.exception("unhandled error method=%s path=%s", request.method, request.path)
-        return error_response(ApiError(500, "internal server error", code="internal_error"))
+        log.warning("database unavailable path=%s error=%r", path, exc)
+        return database_unavailable()
+    log.exception("unhandled error method=%s path=%s", method, path)
+    return ApiError(500, "internal server error", code="internal_error")

@@ -22,7 +22,6 @@ import orjson
 
 log = logging.getLogger("embedq.worker.channel")
 
-PATH = "/worker/channel"
 HEARTBEAT = 30.0  # seconds between pings: a dead link fails the calls on it
 
 

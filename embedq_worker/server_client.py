@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from embedq_common.protocol import RESULTS_TYPE
+from embedq_common.protocol import CHANNEL_PATH, RESULTS_TYPE
 
 from . import __version__
-from .channel import PATH, Channel, ChannelUnsupported
+from .channel import Channel, ChannelUnsupported
 
 log = logging.getLogger("embedq.worker.server")
 
@@ -104,7 +104,7 @@ class ServerClient:
             connector=aiohttp.TCPConnector(limit=16, keepalive_timeout=60),
         )
         if self._use_channel:
-            self._channel = Channel(self._session, self.base_url + PATH, self._release_body)
+            self._channel = Channel(self._session, self.base_url + CHANNEL_PATH, self._release_body)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
