@@ -1,10 +1,11 @@
-"""Maintenance statements keep to their indexes however stale the table's statistics are.
+"""Statements keep to their indexes however stale the table's statistics are.
 
 asyncpg prepares each statement once per connection, and PostgreSQL plans it for the
 statistics of the moment. A busy queue outgrows autovacuum's analyze, and a retention
 statement planned as "a sequential scan that stops after LIMIT rows" then reads (and,
 setting hint bits, dirties) the whole table on every maintenance pass when no row is old
-enough: seconds of PostgreSQL work per pass on a table of gigabytes.
+enough: seconds of PostgreSQL work per pass on a table of gigabytes. PL/pgSQL caches the
+plans of a function's statements per connection in the same way (the settle below).
 """
 
 from __future__ import annotations
