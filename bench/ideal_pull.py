@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,7 +183,7 @@ class Puller:
             body = {"ids": ids, "error": f"the double: {exc}"}
         self.background(self._post(body))
 
-    def background(self, work: Any) -> None:
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
