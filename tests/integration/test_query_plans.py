@@ -11,7 +11,7 @@ plans of a function's statements per connection in the same way (the settle belo
 from __future__ import annotations
 
 import json
-from typing import Any
+import uuid
 
 import asyncpg
 
@@ -36,6 +36,19 @@ async def fill_cache(conn: asyncpg.Connection, dimensions: int) -> None:
         ROWS,
         dimensions,
     )
+
+
+async def insert_tasks(conn: asyncpg.Connection, count: int) -> list[uuid.UUID]:
+    """`count` tasks of one input each, still waiting for it."""
+    rows = await conn.fetch(
+        """INSERT INTO embedq_task (id, owner, fingerprint, model, dimensions, n_inputs,
+                                    remaining)
+           SELECT gen_random_uuid(), 'o', sha256(gen_random_uuid()::text::bytea), 'm', 0, 1, 1
+           FROM generate_series(1, $1)
+           RETURNING id""",
+        count,
+    )
+    return [r["id"] for r in rows]
 
 
 async def test_cache_retention_uses_its_index_without_statistics(db_url: str) -> None:
@@ -106,13 +119,7 @@ async def test_the_hand_ahead_probe_reads_by_index_without_statistics(db_url: st
     conn = await asyncpg.connect(db_url)
     try:
         await fill_cache(conn, dimensions=0)
-        await conn.execute(
-            """INSERT INTO embedq_task (id, owner, fingerprint, model, dimensions, n_inputs,
-                                        remaining)
-               SELECT gen_random_uuid(), 'o', sha256(i::text::bytea), 'm', 0, 1, 1
-               FROM generate_series(1, $1) i""",
-            ROWS,
-        )
+        await insert_tasks(conn, ROWS)
         one = await generic_plan(
             conn,
             "probe_request",
@@ -126,20 +133,7 @@ async def test_the_hand_ahead_probe_reads_by_index_without_statistics(db_url: st
     assert "Seq Scan on embedq_task" not in one, one
 
 
-async def insert_tasks(conn: asyncpg.Connection, count: int) -> list[Any]:
-    """`count` tasks of one input each, still waiting for it."""
-    rows = await conn.fetch(
-        """INSERT INTO embedq_task (id, owner, fingerprint, model, dimensions, n_inputs,
-                                    remaining)
-           SELECT gen_random_uuid(), 'o', sha256(gen_random_uuid()::text::bytea), 'm', 0, 1, 1
-           FROM generate_series(1, $1)
-           RETURNING id""",
-        count,
-    )
-    return [r["id"] for r in rows]
-
-
-async def settle(conn: asyncpg.Connection, task_ids: list[Any]) -> None:
+async def settle(conn: asyncpg.Connection, task_ids: list[uuid.UUID]) -> None:
     n = len(task_ids)
     await conn.fetchval(
         "SELECT embedq_settle_finished($1::uuid[], $2::boolean[], $3::text[], $4::text[])",
