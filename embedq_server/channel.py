@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from embedq_common.protocol import CHANNEL_PATH as PATH
+from embedq_common.protocol import CHANNEL_PATH
 
 from .auth import require
 from .errors import ApiError, error_body, unexpected
@@ -103,7 +103,7 @@ class _Session:
     async def _answer(self, msg_id: int, op: str, work: Awaitable[Answer]) -> None:
         token = REQUEST_ID.set(new_request_id())
         started = time.monotonic()
-        route = _ROUTES.get(op, PATH)
+        route = _ROUTES.get(op, CHANNEL_PATH)
         try:
             status, payload = await _outcome(work, route)
             if op == "claim" and msg_id in self.cancelled:  # given up on: answered empty
@@ -199,5 +199,5 @@ _ROUTES = {op: f"/worker/{op}" for op in ("claim", "heartbeat", "release", "comp
 
 def setup(app: web.Application) -> None:
     app[CHANNELS] = set()
-    app.router.add_get(PATH, channel)
+    app.router.add_get(CHANNEL_PATH, channel)
     app.on_shutdown.append(_close_channels)
