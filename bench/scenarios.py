@@ -29,7 +29,7 @@ class Scenario:
     name: str
     # "direct": the double; "embedq": GPU worker; "rtt": it, 50 ms away; "zero"; "floor";
     # "greedy" / "oracle": bench.ideal's batcher in that mode; "pull": bench.ideal_pull with
-    # its timed puller ("pull-greedy": its greedy one)
+    # its timed puller ("pull-greedy": its greedy one); "nodb": bench.nodb and embedq's worker
     via: str
     clients: int
     texts: int = 1  # per request
@@ -77,6 +77,10 @@ IDEAL = [
     Scenario("c32-oracle", "oracle", 32),
     Scenario("c32-pull", "pull", 32, quick=False),
     Scenario("c32-pull-greedy", "pull-greedy", 32, named=True),
+    # embedq's own server and worker with the queue in memory (bench/nodb.py): what a queue
+    # that wrote nothing on the GPU's path would give with them.
+    Scenario("idle-nodb", "nodb", 1, named=True),
+    Scenario("c32-nodb", "nodb", 32, quick=False),
 ]
 RTT = [
     Scenario("c256-rtt", "rtt", 256, quick=False),  # its drain alone takes seconds

@@ -96,10 +96,15 @@ class Stack:
     log_dir: Path | None = None  # the children's logs
 
     def start_server(self, **env: str) -> Child:
+        self.server = self._spawn_server("server", "embedq_server.cli", env)
+        return self.server
+
+    def _spawn_server(self, name: str, module: str, env: Mapping[str, str]) -> Child:
+        """embedq-server (or bench.nodb, the same server with its queue in memory)."""
         port = free_port()
-        self.server = spawn(
-            "server",
-            "embedq_server.cli",
+        child = spawn(
+            name,
+            module,
             ["serve"],
             log_dir=self.log_dir,
             env={
@@ -111,8 +116,8 @@ class Stack:
                 **env,
             },
         )
-        wait_healthy(self.server, f"http://127.0.0.1:{port}")
-        return self.server
+        wait_healthy(child, f"http://127.0.0.1:{port}")
+        return child
 
     def start_double(self) -> Child:
         self.double = spawn(
@@ -132,12 +137,18 @@ class Stack:
     def start_worker(self, name: str, *, server_url: str | None = None, **env: str) -> Child:
         """A worker; by default the GPU-like one (Ollama double), or e.g.
         EMBEDDING_MODEL="zero:bench-zero" for the zero-cost backend."""
-        assert self.server is not None and self.double is not None
+        assert self.server is not None
+        child = self._spawn_worker(name, server_url or self.server.url, env)
+        self.workers[name] = child
+        return child
+
+    def _spawn_worker(self, name: str, server_url: str, env: Mapping[str, str]) -> Child:
+        assert self.double is not None
         child = spawn(
             f"worker-{name}",
             "embedq_worker.cli",
             env={
-                "SERVER_URL": server_url or self.server.url,
+                "SERVER_URL": server_url,
                 "WORKER_TOKEN": WORKER_TOKEN,
                 "WORKER_NAME": f"bench-{name}",
                 "OLLAMA_URL": self.double.url,
@@ -148,7 +159,6 @@ class Stack:
             log_dir=self.log_dir,
         )
         wait_for_log(child, "embedq-worker ")
-        self.workers[name] = child
         return child
 
     def stop_worker(self, name: str) -> None:
@@ -173,8 +183,13 @@ class Stack:
         self, mode: str, server_args: Sequence[str] = (), puller_args: Sequence[str] = ()
     ) -> Child:
         """bench.ideal in `mode`, or for "pull" ("pull-greedy") bench.ideal_pull's server
-        and its timed (greedy) puller, with their extra arguments."""
+        and its timed (greedy) puller, with their extra arguments; for "nodb", embedq's
+        server with its queue in memory (bench.nodb) and embedq's worker."""
         assert self.double is not None
+        if mode == "nodb":
+            self.ideal = self._spawn_server("nodb-server", "bench.nodb", {})
+            self.puller = self._spawn_worker("nodb", self.ideal.url, {})
+            return self.ideal
         if mode.startswith("pull"):
             self.ideal = spawn(
                 "ideal-pull",

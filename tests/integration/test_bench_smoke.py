@@ -65,12 +65,25 @@ def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
         "c32-oracle",
         "c32-pull",
         "c32-pull-greedy",
+        "c32-nodb",
     }
     assert ideal["c32_share_pct"]["c32-oracle"] is not None
     assert "c32-greedy" not in results["scenarios"]  # supplementary: only when named
     assert ideal["idle_over_direct_ms"]["idle-pull"] is not None
     assert "cap16_share_of_ceiling32_pct" in ideal  # measured in full runs
     assert "against an ideal batcher: c32-oracle" in done.stdout
+
+
+def test_the_server_without_its_database_answers(pg_url: str, tmp_path: Path) -> None:
+    """bench.nodb (embedq's server with its queue in memory, the write-behind yardstick)
+    answers embedq's worker and the load generator, every request, no errors."""
+    out = tmp_path / "nodb.json"
+    run_module(pg_url, "bench.run", "--only", "idle-nodb", "--duration", "1", "--soak", "0",
+               "--json", str(out))  # fmt: skip
+    result = json.loads(out.read_text())["scenarios"]["idle-nodb"]
+    assert result["requests"] > 0
+    assert result["errors"] == 0
+    assert result["mean_batch"] == 1  # one client: every call carried its one text
 
 
 def test_the_cold_step_measurement_runs(pg_url: str) -> None:
