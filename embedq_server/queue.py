@@ -47,6 +47,7 @@ WORK_NOTIFY_INTERVAL = 0.02  # seconds: at most one cross-process "new work" NOT
 SUBMITS_IN_FLIGHT = 2  # group inserts at once: one commits while the next group gathers
 DOWN_RETRY = 0.5  # seconds between re-reads of a waited-for task while the database is down
 ANSWER_FIRST_WAIT = 0.005  # seconds a completion waits for the answers it sent ahead
+STORE_BEHIND_WAIT = 0.010  # seconds results answered ahead wait for the next insert
 UNSTORED_WAIT = 0.5  # seconds results for inputs not stored yet are tried again (complete)
 UNSTORED_RETRY = 0.01  # seconds before the first try again, doubling
 
@@ -69,6 +70,7 @@ class Queue:
         self._floors = ClaimFloors()  # where claims start looking for pending inputs
         self._in_hand = VectorsInHand(settings.lease_seconds)  # of tasks split over batches
         self._answering: dict[str, asyncio.Future[None]] = {}  # see _answer_first
+        self._next_insert: asyncio.Future[None] | None = None  # see _store_behind
         self._submits = Grouped(
             self._submit_group,
             "submit-tasks",
@@ -144,6 +146,8 @@ class Queue:
             return self._handoff.give(group, offers, rows)
         finally:
             self._handoff.settled(offers, ahead)
+            if self._next_insert is not None and not self._next_insert.done():
+                self._next_insert.set_result(None)
 
     async def _insert_group(
         self,
@@ -467,6 +471,8 @@ class Queue:
         early = self._handed.finished(lease, results)
         if early:
             await self._answer_first(early)
+            if not failures and sum(t.n_inputs for t in early.values()) == len(results):
+                await self._store_behind()
         async with self.pool.acquire() as conn:
             if results:
                 row = await conn.fetchrow(
@@ -523,6 +529,19 @@ class Queue:
         finally:
             for task_id in answering:
                 self._answering.pop(task_id, None)
+
+    async def _store_behind(self) -> None:
+        """Results whose every task was answered already wait to be stored until the next
+        request's insert has run, at most STORE_BEHIND_WAIT. Stored at once, the
+        completion statement ran just as the answered client's next request arrived, and
+        took a core from that request's path (idle p50 0.85 ms over a direct call lower
+        over eight alternated pairs: bench/README); after that insert it runs while the
+        worker computes. Nothing waits for it meanwhile: the tasks' clients have their
+        vectors, and if it never runs the lease expires and they are computed again."""
+        waiting = self._next_insert
+        if waiting is None or waiting.done():
+            waiting = self._next_insert = asyncio.get_running_loop().create_future()
+        await asyncio.wait([waiting], timeout=STORE_BEHIND_WAIT)
 
     def _answering_now(self, task: Task) -> Task:
         """A waiter got its finished task from a completion: it writes its answer in this

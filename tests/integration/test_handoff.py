@@ -10,12 +10,14 @@ from typing import Any
 
 import asyncpg
 
+from embedq_server import queue as queue_module
 from embedq_server.keys import LISTENER, POOL, QUEUE, SETTINGS
 from embedq_server.queue import Queue
 from embedq_server.records import Claim, WorkerInfo
 
 WORKER = WorkerInfo(name="w-handoff", models=("m",))
 GUARD = 10.0  # seconds: a broken hand-off fails here instead of hanging the suite
+VECTOR = b"\0\0\x80?"  # one float32: 1.0
 
 
 def setup(client: Any) -> tuple[Queue, asyncpg.Pool]:
@@ -324,3 +326,60 @@ async def test_requests_arriving_together_are_handed_after_their_insert(app_clie
     await asyncio.wait_for(asyncio.gather(*submits), GUARD)
     got = await asyncio.wait_for(claim, GUARD)
     assert sorted(i.input for i in got.items) == ["a", "b"]
+
+
+async def item_states(pool: asyncpg.Pool, task_id: str) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT state FROM embedq_item WHERE task_id = $1 ORDER BY idx", task_id
+    )
+    return [r["state"] for r in rows]
+
+
+async def test_results_answered_ahead_are_stored_after_the_next_insert(app_client, monkeypatch):
+    """A lease whose every task was answered from the posted vectors is stored once the
+    next request's insert has run (off that request's path), not at once."""
+    monkeypatch.setattr(queue_module, "STORE_BEHIND_WAIT", 60.0)  # only the insert ends it
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = setup(client)
+    claim = await waiting_claim(queue)
+    waiting = asyncio.create_task(queue.submit_and_wait("owner", "m", 0, ["x"], timeout=15))
+    got = await asyncio.wait_for(claim, GUARD)
+    storing = asyncio.create_task(queue.complete(got.lease, [(got.items[0].id, VECTOR, 1)]))
+    answered = await asyncio.wait_for(waiting, GUARD)
+    assert answered is not None and answered.status == "completed"
+    await asyncio.sleep(0.2)  # the statement would have committed long since
+    assert not storing.done()
+    assert await item_states(pool, answered.id) == ["processing"]
+    await queue.submit("owner", "m", 0, ["the next request"])
+    done, _ = await asyncio.wait_for(storing, GUARD)
+    assert done == [got.items[0].id]
+    assert await item_states(pool, answered.id) == ["completed"]
+
+
+async def test_results_answered_ahead_are_stored_when_no_request_follows(app_client, monkeypatch):
+    monkeypatch.setattr(queue_module, "STORE_BEHIND_WAIT", 0.2)
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = setup(client)
+    claim = await waiting_claim(queue)
+    task_id, _, _ = await queue.submit("owner", "m", 0, ["alone"])
+    got = await asyncio.wait_for(claim, GUARD)
+    done, _ = await asyncio.wait_for(
+        queue.complete(got.lease, [(got.items[0].id, VECTOR, 1)]), GUARD
+    )
+    assert done == [got.items[0].id]
+    assert await item_states(pool, task_id) == ["completed"]
+
+
+async def test_results_someone_still_waits_for_are_stored_at_once(app_client, monkeypatch):
+    """Only when every task of the lease has its answer may the statement wait: here the
+    claim statement took the task, so its waiter reads it back after the statement."""
+    monkeypatch.setattr(queue_module, "STORE_BEHIND_WAIT", 60.0)
+    client = await app_client(backstop_interval=20.0)
+    queue, pool = setup(client)
+    task_id, _, _ = await queue.submit("owner", "m", 0, ["claimed by the statement"])
+    got = await queue.claim(WORKER, ["m"], 8, wait=0)
+    done, _ = await asyncio.wait_for(
+        queue.complete(got.lease, [(got.items[0].id, VECTOR, 1)]), GUARD
+    )
+    assert done == [got.items[0].id]
+    assert await item_states(pool, task_id) == ["completed"]
