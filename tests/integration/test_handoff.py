@@ -48,11 +48,18 @@ async def waiting_claim(queue: Queue, max_items: int = 8, **kw: Any) -> asyncio.
     raise AssertionError("the claim never started waiting")
 
 
+async def item_states(pool: asyncpg.Pool, task_id: str) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT state FROM embedq_item WHERE task_id = $1 ORDER BY idx", task_id
+    )
+    return [r["state"] for r in rows]
+
+
 async def store_result(queue: Queue, text: str) -> None:
     """Compute `text` (with the cache on, a later request of it is answered from it)."""
     await queue.submit("owner", "m", 0, [text])
     held = await queue.claim(WORKER, ["m"], 8, wait=0)
-    await queue.complete(held.lease, [(held.items[0].id, b"\0\0\x80?", 1)])
+    await queue.complete(held.lease, [(held.items[0].id, VECTOR, 1)])
 
 
 async def test_a_waiting_claim_gets_the_next_submit_without_a_claim_statement(app_client):
@@ -75,7 +82,7 @@ async def test_a_waiting_claim_gets_the_next_submit_without_a_claim_statement(ap
     assert [tuple(r) for r in rows] == [("processing", got.lease, 1, "w-handoff", True, True)] * 2
     assert len(queue._handoff) == 0
     # The lease works as any other: the results complete the task.
-    done, _ = await queue.complete(got.lease, [(i.id, b"\0\0\x80?", 1) for i in got.items])
+    done, _ = await queue.complete(got.lease, [(i.id, VECTOR, 1) for i in got.items])
     assert sorted(done) == sorted(i.id for i in got.items)
     task = await queue.read(task_id)
     assert task is not None and task.status == "completed"
@@ -92,10 +99,7 @@ async def test_a_request_larger_than_the_claim_goes_pending_and_is_claimed_as_be
     got = await asyncio.wait_for(claim, GUARD)
     assert len(claims) == 2  # woken by the announcement, it claimed with a statement
     assert [i.input for i in got.items] == ["a", "b"]
-    states = await pool.fetch(
-        "SELECT state FROM embedq_item WHERE task_id = $1 ORDER BY idx", task_id
-    )
-    assert [r["state"] for r in states] == ["processing", "processing", "pending"]
+    assert await item_states(pool, task_id) == ["processing", "processing", "pending"]
 
 
 async def test_other_models_and_cached_requests_do_not_fill_the_claim(app_client):
@@ -113,8 +117,7 @@ async def test_other_models_and_cached_requests_do_not_fill_the_claim(app_client
     await queue.submit("owner", "m", 0, ["new"])
     got = await asyncio.wait_for(claim, GUARD)
     assert [i.input for i in got.items] == ["new"]
-    states = await pool.fetch("SELECT state FROM embedq_item WHERE task_id = $1", other)
-    assert [r["state"] for r in states] == ["pending"]
+    assert await item_states(pool, other) == ["pending"]
 
 
 async def test_one_claim_takes_one_model_and_dimensions(app_client):
@@ -128,8 +131,7 @@ async def test_one_claim_takes_one_model_and_dimensions(app_client):
     got = await asyncio.wait_for(claim, GUARD)
     assert [i.input for i in got.items] == ["native"]
     assert {i.dimensions for i in got.items} == {0}
-    states = await pool.fetch("SELECT state FROM embedq_item WHERE task_id = $1", results[1][0])
-    assert [r["state"] for r in states] == ["pending"]
+    assert await item_states(pool, results[1][0]) == ["pending"]
 
 
 async def test_a_claim_whose_worker_hung_up_hands_the_inputs_back(app_client):
@@ -158,11 +160,11 @@ async def test_a_cancelled_claim_releases_what_was_leased_to_it(app_client):
     claim.cancel()
     task_id, _, _ = await submit
     for _ in range(200):
-        rows = await pool.fetch("SELECT state FROM embedq_item WHERE task_id = $1", task_id)
-        if [r["state"] for r in rows] == ["pending"]:
+        states = await item_states(pool, task_id)
+        if states == ["pending"]:
             break
         await asyncio.sleep(0.02)
-    assert [r["state"] for r in rows] == ["pending"]
+    assert states == ["pending"]
 
 
 # -- handed ahead: before the insert, when probe_request allows -------------------------
@@ -189,7 +191,7 @@ async def test_a_fresh_request_is_handed_before_its_insert_and_stored_as_handed(
         assert not submit.done()
         # Results posted now wait for the insert instead of finding nothing to complete.
         completing = asyncio.create_task(
-            queue.complete(got.lease, [(i.id, b"\0\0\x80?", 1) for i in got.items])
+            queue.complete(got.lease, [(i.id, VECTOR, 1) for i in got.items])
         )
         await asyncio.sleep(0.2)
         assert not completing.done()
@@ -233,7 +235,7 @@ async def test_requests_the_insert_might_not_store_as_handed_wait_for_it(app_cli
             continue
         got = await asyncio.wait_for(claim, GUARD)
         assert [i.input for i in got.items] == ["fresh"]  # "seen" came from the cache
-        await queue.complete(got.lease, [(i.id, b"\0\0\x80?", 1) for i in got.items])
+        await queue.complete(got.lease, [(i.id, VECTOR, 1) for i in got.items])
 
 
 async def test_the_insert_goes_once_the_claim_handed_ahead_has_answered(app_client):
@@ -268,7 +270,7 @@ async def test_results_that_reach_another_process_before_the_insert_are_stored(a
         submit = asyncio.create_task(queue.submit("owner", "m", 0, ["p", "q"]))
         got = await asyncio.wait_for(claim, GUARD)
         posting = asyncio.create_task(
-            other.complete(got.lease, [(i.id, b"\0\0\x80?", 1) for i in got.items])
+            other.complete(got.lease, [(i.id, VECTOR, 1) for i in got.items])
         )
         await asyncio.sleep(0.2)
         assert not posting.done()  # refused while unstored, and trying again
@@ -326,13 +328,6 @@ async def test_requests_arriving_together_are_handed_after_their_insert(app_clie
     await asyncio.wait_for(asyncio.gather(*submits), GUARD)
     got = await asyncio.wait_for(claim, GUARD)
     assert sorted(i.input for i in got.items) == ["a", "b"]
-
-
-async def item_states(pool: asyncpg.Pool, task_id: str) -> list[str]:
-    rows = await pool.fetch(
-        "SELECT state FROM embedq_item WHERE task_id = $1 ORDER BY idx", task_id
-    )
-    return [r["state"] for r in rows]
 
 
 async def test_results_answered_ahead_are_stored_after_the_next_insert(app_client, monkeypatch):
