@@ -151,7 +151,7 @@ class Bench:
         if sc.via == "floor":
             assert self.stack.floor is not None
             base = self.stack.floor.url + "/v1/embeddings"
-        elif sc.via in ("greedy", "oracle", "pull", "pull-greedy", "nodb"):
+        elif sc.via in ("greedy", "oracle", "pull", "pull-greedy", "nodb", "behind"):
             assert self.stack.ideal is not None
             base = self.stack.ideal.url + "/v1/embeddings"
         values: dict[str, Any] = {

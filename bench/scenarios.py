@@ -81,6 +81,8 @@ IDEAL = [
     # that wrote nothing on the GPU's path would give with them.
     Scenario("idle-nodb", "nodb", 1, named=True),
     Scenario("c32-nodb", "nodb", 32, quick=False),
+    # the same with PostgreSQL's writes done behind the GPU's path, none waited for
+    Scenario("c32-behind", "behind", 32, named=True),
 ]
 RTT = [
     Scenario("c256-rtt", "rtt", 256, quick=False),  # its drain alone takes seconds

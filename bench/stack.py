@@ -183,12 +183,13 @@ class Stack:
         self, mode: str, server_args: Sequence[str] = (), puller_args: Sequence[str] = ()
     ) -> Child:
         """bench.ideal in `mode`, or for "pull" ("pull-greedy") bench.ideal_pull's server
-        and its timed (greedy) puller, with their extra arguments; for "nodb", embedq's
-        server with its queue in memory (bench.nodb) and embedq's worker."""
+        and its timed (greedy) puller, with their extra arguments; for "nodb" ("behind"),
+        embedq's server with its queue in memory (and its writes behind it: bench.nodb) and
+        embedq's worker."""
         assert self.double is not None
-        if mode == "nodb":
-            self.ideal = self._spawn_server("nodb-server", "bench.nodb", {})
-            self.puller = self._spawn_worker("nodb", self.ideal.url, {})
+        if mode in ("nodb", "behind"):
+            self.ideal = self._spawn_server(f"{mode}-server", "bench.nodb", {"BENCH_QUEUE": mode})
+            self.puller = self._spawn_worker(mode, self.ideal.url, {})
             return self.ideal
         if mode.startswith("pull"):
             self.ideal = spawn(
