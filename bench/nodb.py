@@ -245,7 +245,31 @@ class BehindQueue(MemoryQueue):
         task.add_done_callback(self._writes.discard)
 
 
-QUEUES: dict[str, type[Queue]] = {"nodb": MemoryQueue, "behind": BehindQueue}
+class ProbedBehindQueue(BehindQueue):
+    """BehindQueue with the one read a queue writing behind must still do before a text
+    goes to a worker (repeated texts cost no GPU time): embedq's probe of the result cache
+    and of an identical earlier request, one statement per request, waited for."""
+
+    async def submit_and_wait(
+        self, owner: str, model: str, dimensions: int, inputs: Sequence[str], timeout: float
+    ) -> Task | None:
+        await self.pool.fetchrow(
+            QUERIES["probe_request"],
+            owner,
+            fingerprint(owner, model, dimensions, inputs),
+            model,
+            dimensions,
+            self._cache_scope(owner),
+            list(inputs),
+        )
+        return await super().submit_and_wait(owner, model, dimensions, inputs, timeout)
+
+
+QUEUES: dict[str, type[Queue]] = {
+    "nodb": MemoryQueue,
+    "behind": BehindQueue,
+    "behind-probe": ProbedBehindQueue,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,7 @@ from .stack import (
     DIM,
     FIXED_MS,
     GPU_MODEL,
+    NODB_MODES,
     PER_TEXT_MS,
     ZERO_MODEL,
     Stack,
@@ -151,7 +152,7 @@ class Bench:
         if sc.via == "floor":
             assert self.stack.floor is not None
             base = self.stack.floor.url + "/v1/embeddings"
-        elif sc.via in ("greedy", "oracle", "pull", "pull-greedy", "nodb", "behind"):
+        elif sc.via in ("greedy", "oracle", "pull", "pull-greedy", *NODB_MODES):
             assert self.stack.ideal is not None
             base = self.stack.ideal.url + "/v1/embeddings"
         values: dict[str, Any] = {

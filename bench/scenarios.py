@@ -29,7 +29,8 @@ class Scenario:
     name: str
     # "direct": the double; "embedq": GPU worker; "rtt": it, 50 ms away; "zero"; "floor";
     # "greedy" / "oracle": bench.ideal's batcher in that mode; "pull": bench.ideal_pull with
-    # its timed puller ("pull-greedy": its greedy one); "nodb": bench.nodb and embedq's worker
+    # its timed puller ("pull-greedy": its greedy one); "nodb" ("behind",
+    # "behind-probe"): bench.nodb's queue in that mode, and embedq's worker
     via: str
     clients: int
     texts: int = 1  # per request
@@ -81,8 +82,10 @@ IDEAL = [
     # that wrote nothing on the GPU's path would give with them.
     Scenario("idle-nodb", "nodb", 1, named=True),
     Scenario("c32-nodb", "nodb", 32, quick=False),
-    # the same with PostgreSQL's writes done behind the GPU's path, none waited for
+    # the same with PostgreSQL's writes done behind the GPU's path, none waited for, and
+    # with a probe of the cache (one read per request) before a text goes to the worker
     Scenario("c32-behind", "behind", 32, named=True),
+    Scenario("c32-behind-probe", "behind-probe", 32, named=True),
 ]
 RTT = [
     Scenario("c256-rtt", "rtt", 256, quick=False),  # its drain alone takes seconds

@@ -25,6 +25,8 @@ ZERO_MODEL = "bench-zero"  # served by the zero-cost backend
 DIM = 768  # the double's and the zero backend's vector size
 FIXED_MS = 5.0  # the double's cost per call ...
 PER_TEXT_MS = 0.5  # ... and per text in the call
+# bench.nodb's queues: in memory; writing behind; writing behind after a probe
+NODB_MODES = ("nodb", "behind", "behind-probe")
 
 
 def free_port() -> int:
@@ -183,11 +185,11 @@ class Stack:
         self, mode: str, server_args: Sequence[str] = (), puller_args: Sequence[str] = ()
     ) -> Child:
         """bench.ideal in `mode`, or for "pull" ("pull-greedy") bench.ideal_pull's server
-        and its timed (greedy) puller, with their extra arguments; for "nodb" ("behind"),
-        embedq's server with its queue in memory (and its writes behind it: bench.nodb) and
-        embedq's worker."""
+        and its timed (greedy) puller, with their extra arguments; for "nodb" ("behind",
+        "behind-probe"), embedq's server with its queue in memory (and its writes behind it,
+        after a probe: bench.nodb) and embedq's worker."""
         assert self.double is not None
-        if mode in ("nodb", "behind"):
+        if mode in NODB_MODES:
             self.ideal = self._spawn_server(f"{mode}-server", "bench.nodb", {"BENCH_QUEUE": mode})
             self.puller = self._spawn_worker(mode, self.ideal.url, {})
             return self.ideal

@@ -1,4 +1,4 @@
-"""bench.nodb's write-behind yardstick answers from memory, then stores what embedq's queue
+"""bench.nodb's write-behind yardsticks answer from memory, then store what embedq's queue
 stores: the task, its inputs leased and then completed with their vectors, and the cache."""
 
 from __future__ import annotations
@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bench.nodb import BehindQueue
+import pytest
+
+from bench.nodb import BehindQueue, ProbedBehindQueue
 from embedq_server.keys import LISTENER, POOL, SETTINGS
 from embedq_server.records import WorkerInfo
 from embedq_server.vectors import to_floats
@@ -15,10 +17,13 @@ WORKER = WorkerInfo(name="w-behind", models=("m",))
 VECTOR = b"\0\0\x80?"  # one float32: 1.0
 
 
-async def test_the_write_behind_yardstick_stores_what_it_answered(app_client: Any) -> None:
+@pytest.mark.parametrize("kind", [BehindQueue, ProbedBehindQueue])
+async def test_the_write_behind_yardstick_stores_what_it_answered(
+    app_client: Any, kind: type[BehindQueue]
+) -> None:
     client = await app_client()
     app = client.server.app
-    queue = BehindQueue(app[POOL], app[LISTENER], app[SETTINGS])
+    queue = kind(app[POOL], app[LISTENER], app[SETTINGS])
     waiting = asyncio.create_task(queue.submit_and_wait("owner", "m", 0, ["a", "b"], 10))
     claim = await queue.claim(WORKER, ["m"], 8, wait=5)
     assert [item.input for item in claim.items] == ["a", "b"]
