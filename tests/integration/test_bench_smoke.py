@@ -66,6 +66,8 @@ def test_quick_run_writes_every_section(pg_url: str, tmp_path: Path) -> None:
         "c32-pull",
         "c32-pull-greedy",
         "c32-nodb",
+        "c32-behind",
+        "c32-behind-probe",
     }
     assert ideal["c32_share_pct"]["c32-oracle"] is not None
     assert "c32-greedy" not in results["scenarios"]  # supplementary: only when named
