@@ -18,15 +18,14 @@ import itertools
 import os
 import sys
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 
 import embedq_server.app
 from embedq_server.cli import main as server_main
+from embedq_server.handoff import Offer, Submission
 from embedq_server.listener import Listener
 from embedq_server.queue import Queue
 from embedq_server.records import (
@@ -137,18 +136,6 @@ class MemoryQueue(Queue):
         return []
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    """A request as the insert behind the GPU's path stores it."""
-
-    task_id: uuid.UUID
-    owner: str
-    model: str
-    dimensions: int
-    inputs: Sequence[str]
-    item_ids: list[int]
-
-
 class BehindQueue(MemoryQueue):
     """MemoryQueue's path, with PostgreSQL's writes done behind it: each group of requests
     is inserted (leased, as a hand-off stores it) after its inputs were queued for the
@@ -161,20 +148,28 @@ class BehindQueue(MemoryQueue):
         super().__init__(pool, listener, settings)
         self._ids = itertools.count(10**15)  # above the identity sequence's values
         self._lease = uuid.uuid4()  # every stored input is leased to this one
-        self._to_insert: list[_Stored] = []
+        self._to_insert: list[tuple[Submission, list[int]]] = []  # with their inputs' ids
         self._inserted: dict[int, asyncio.Future[None]] = {}  # item id -> its group's insert
         self._group: asyncio.Future[None] | None = None  # the insert the next request joins
-        self._writes: set[asyncio.Task[None]] = set()
 
     def _enqueue(
         self, owner: str, model: str, dimensions: int, inputs: Sequence[str]
     ) -> tuple[Task, asyncio.Future[Task], list[int]]:
         task, done, ids = super()._enqueue(owner, model, dimensions, inputs)
-        self._to_insert.append(_Stored(uuid.UUID(task.id), owner, model, dimensions, inputs, ids))
+        request = Submission(
+            uuid.UUID(task.id),
+            owner,
+            fingerprint(owner, model, dimensions, inputs),
+            model,
+            dimensions,
+            inputs,
+            None,  # handed ahead: no cache probe, as embedq's
+        )
+        self._to_insert.append((request, ids))
         if self._group is None or len(self._to_insert) == 1:
             # the first of a group: its insert goes in the next round of the loop
             self._group = asyncio.get_running_loop().create_future()
-            self._write(self._insert(self._group))
+            self._in_background(self._insert(self._group), "behind-insert")
         group = self._group
         for item_id in ids:
             self._inserted[item_id] = group
@@ -183,24 +178,14 @@ class BehindQueue(MemoryQueue):
     async def _insert(self, stored: asyncio.Future[None]) -> None:
         await asyncio.sleep(0)  # the requests that arrived together go in one statement
         group, self._to_insert = self._to_insert, []
+        # the reserve lease, as the offer of a claim waiting here: embedq's own group
+        # insert stores the inputs leased to it, under the ids they were handed with
+        reserve = Offer(frozenset(), 0, self._lease, "behind", stored.get_loop().create_future())
         try:
-            await self.pool.fetch(
-                QUERIES["submit_tasks"],
-                [s.task_id for s in group],
-                [s.owner for s in group],
-                [fingerprint(s.owner, s.model, s.dimensions, s.inputs) for s in group],
-                [s.model for s in group],
-                [s.dimensions for s in group],
-                [len(s.inputs) for s in group],
-                [None for _ in group],  # handed ahead: no cache probe, as embedq's
-                [s.task_id for s in group for _ in s.inputs],
-                [i for s in group for i in range(len(s.inputs))],
-                [text for s in group for text in s.inputs],
-                [self._lease for _ in group],
-                ["behind" for _ in group],
-                self.settings.lease_seconds,
-                [True for _ in group],
-                [i for s in group for i in s.item_ids],
+            await self._insert_group(
+                [request for request, _ in group],
+                [reserve] * len(group),
+                {k: ids for k, (_, ids) in enumerate(group)},
             )
         finally:
             stored.set_result(None)
@@ -214,7 +199,7 @@ class BehindQueue(MemoryQueue):
     ) -> tuple[list[int], list[int]]:
         inserts = {self._inserted.pop(r[0]) for r in results if r[0] in self._inserted}
         answered = await super().complete(lease, results, failures, model_revision)
-        self._write(self._store(inserts, results, model_revision))
+        self._in_background(self._store(inserts, results, model_revision), "behind-store")
         return answered
 
     async def _store(
@@ -236,13 +221,8 @@ class BehindQueue(MemoryQueue):
 
     async def written(self) -> None:
         """Until every write started so far has ended (for tests)."""
-        while self._writes:
-            await asyncio.gather(*self._writes)
-
-    def _write(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        while self._background:
+            await asyncio.gather(*self._background)
 
 
 class ProbedBehindQueue(BehindQueue):
